@@ -1,0 +1,3 @@
+export * from './device.ts';
+export * from './errors.ts';
+export { MemoryDevice, type MemoryDeviceOptions } from './memory-device.ts';
