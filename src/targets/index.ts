@@ -1,0 +1,20 @@
+/**
+ * The target types dmkit registers, in registration order. `dmkit targets`
+ * lists the most recently registered first, so error, linear and striped come
+ * first here and print last, as on Linux (basic-targets §6.8).
+ */
+import { TargetRegistry } from '../mapper/target-registry.ts';
+import type { TargetType } from '../mapper/target.ts';
+import { delayTarget } from './delay/delay.ts';
+import { errorTarget } from './error/error.ts';
+import { linearTarget } from './linear/linear.ts';
+import { stripedTarget } from './striped/striped.ts';
+import { zeroTarget } from './zero/zero.ts';
+
+export const BUILTIN_TARGETS: readonly TargetType[] = [errorTarget, linearTarget, stripedTarget, zeroTarget, delayTarget];
+
+export function builtinTargets(): TargetRegistry {
+  const registry = new TargetRegistry();
+  for (const t of BUILTIN_TARGETS) registry.register(t);
+  return registry;
+}
