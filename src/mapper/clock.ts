@@ -4,7 +4,7 @@ import type { Clock, Logger } from './target.ts';
 /** Wall-clock time for production; tests inject a virtual clock (src/sim). */
 export const systemClock: Clock = {
   now: () => performance.now(),
-  sleep: (ms) => sleep(ms).then(() => undefined),
+  sleep: (ms, signal) => sleep(ms, undefined, signal ? { signal } : undefined).then(() => undefined),
 };
 
 /** Logs to stderr with a prefix; the daemon passes one per device. */

@@ -22,6 +22,8 @@ export const LOOP_MAJOR = 7;
 export const NBD_MAJOR = 43;
 const MAX_NAME_BYTES = 127;
 const MAX_UUID_BYTES = 128;
+/** A dev_t minor has 20 bits. */
+const MAX_MINOR = 1 << 20;
 
 export type BackingOpener = (path: string) => Promise<BlockDevice>;
 
@@ -102,15 +104,23 @@ export class DeviceRegistry extends EventEmitter {
   /**
    * dmsetup create: DEV_CREATE, then TABLE_LOAD and resume when the table has
    * targets. Any failure removes the new device again: nothing is left behind.
+   * `minor` asks for a fixed minor (dmsetup -m; the daemon keeps minors across
+   * restarts): EBUSY when taken, EINVAL past 2^20.
    */
-  async create(name: string, opts: { uuid?: string; table?: string | readonly string[]; readOnly?: boolean } = {}): Promise<MappedDeviceInfo> {
+  async create(
+    name: string,
+    opts: { uuid?: string; table?: string | readonly string[]; readOnly?: boolean; minor?: number } = {},
+  ): Promise<MappedDeviceInfo> {
     const lines = parseTableText(opts.table ?? []);
     checkName(name);
     const uuid = opts.uuid ?? '';
     if (Buffer.byteLength(uuid) > MAX_UUID_BYTES) throw new IoError('EINVAL', `uuid of ${name} is longer than ${MAX_UUID_BYTES} bytes`);
     if (this.devices.has(name)) throw new IoError('EBUSY', `${name}: a device of that name exists`);
     if (uuid && this.list().some((d) => d.uuid === uuid)) throw new IoError('EBUSY', `uuid ${uuid} is in use`);
-    const md = new MappedDevice(name, this.lowestFreeMinor(), uuid);
+    const minor = opts.minor ?? this.lowestFreeMinor();
+    if (!Number.isSafeInteger(minor) || minor < 0 || minor >= MAX_MINOR) throw new IoError('EINVAL', `${name}: minor ${minor} is out of range`);
+    if (this.list().some((d) => d.minor === minor)) throw new IoError('EBUSY', `${name}: minor ${minor} is in use`);
+    const md = new MappedDevice(name, minor, uuid);
     this.devices.set(name, md);
     try {
       if (lines.length > 0) {

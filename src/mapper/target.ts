@@ -18,8 +18,12 @@ export interface DeviceRef {
 export interface Clock {
   /** Milliseconds since an arbitrary epoch. */
   now(): number;
-  /** Resolves after `ms` milliseconds of this clock. */
-  sleep(ms: number): Promise<void>;
+  /**
+   * Resolves after `ms` milliseconds of this clock. Once `signal` aborts, the
+   * wake-up no longer matters: the clock may reject or never settle, so a
+   * cancelled timer does not keep the process alive.
+   */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
 }
 
 export interface Logger {
