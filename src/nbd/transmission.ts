@@ -1,0 +1,399 @@
+/**
+ * The transmission phase of one server connection (spec §5, §8): a loop that
+ * parses requests from the receive buffer and starts each one at once, so
+ * many are in flight; each reply is one buffer written in one call (replies
+ * go out in completion order and never interleave). The loop stops reading
+ * while too many requests or bytes are in flight, or while the peer is not
+ * reading its replies, which pushes back on the client through TCP.
+ */
+import type { Socket } from 'node:net';
+import { type BlockDevice, type Extent, SECTOR_SIZE } from '../block/device.ts';
+import { IoError, toIoError } from '../block/errors.ts';
+import { type ByteReader, StreamEnded } from './byte-reader.ts';
+import type { Session } from './handshake.ts';
+import type { NbdLogger } from './logger.ts';
+import {
+  CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA,
+  CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
+  MAX_PAYLOAD, NBD_EIO, REQUEST_MAGIC, REQUEST_SIZE, type Request, STATE_HOLE, STATE_ZERO,
+  TFLAG_SEND_TRIM, decodeRequest, errnoToWire,
+} from './protocol.ts';
+import {
+  type ReadSegment, type StatusExtent, blockStatusChunk, errorChunk, noneChunk, simpleReadReply,
+  simpleReply, structuredReadReply,
+} from './replies.ts';
+
+export interface TransmissionLimits {
+  /** Requests in flight per connection before the socket stops being read. */
+  maxInFlight: number;
+  /** Payload bytes in flight (and queued replies) before the socket stops being read. */
+  maxInFlightBytes: number;
+}
+
+export const DEFAULT_LIMITS: TransmissionLimits = { maxInFlight: 64, maxInFlightBytes: 64 * 1024 * 1024 };
+
+/** A WRITE longer than MAX_PAYLOAD but at most this is consumed and refused; longer ones end the connection. */
+const WRITE_SKIP_CAP = 2 * MAX_PAYLOAD;
+/** BLOCK_STATUS answers at most this many sectors (1 GiB) per request; clients re-query (spec §5.7). */
+const STATUS_MAX_SECTORS = 1 << 21;
+/** TRIM and WRITE_ZEROES are handed to the device in pieces of at most this many sectors. */
+const ZERO_PIECE_SECTORS = 1 << 21;
+/** A READ this long or longer asks the device for holes and answers them with OFFSET_HOLE. */
+const HOLE_READ_MIN = 65536;
+/** More segments than this and the READ is answered as plain data. */
+const MAX_READ_SEGMENTS = 64;
+/** Shared zeroes for devices that cannot write zeroes themselves; never written into. */
+const ZEROES = Buffer.alloc(1 << 20);
+
+export class Transmission {
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  private wake: (() => void) | undefined;
+  private stopping = false;
+  private dirty = false;
+  private readonly dev: BlockDevice;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly reader: ByteReader,
+    private readonly session: Session,
+    private readonly limits: TransmissionLimits,
+    private readonly log: NbdLogger,
+    private readonly peer: string,
+  ) {
+    this.dev = session.handle.device;
+    socket.on('drain', () => this.notify());
+    socket.on('close', () => this.notify());
+  }
+
+  /** Serves requests until DISC, EOF, a protocol violation or shutdown(); then drains and releases the export. */
+  async run(): Promise<void> {
+    try {
+      await this.receive();
+    } finally {
+      while (this.inFlight > 0) await this.waitForCompletion();
+      await this.finish();
+    }
+  }
+
+  /**
+   * Ends this connection (server closing, export removed): requests already
+   * received get ESHUTDOWN, in-flight ones finish, then the socket closes.
+   */
+  shutdown(): void {
+    this.stopping = true;
+    this.reader.cancel();
+  }
+
+  get exportName(): string {
+    return this.session.exportName;
+  }
+
+  private async receive(): Promise<void> {
+    for (;;) {
+      await this.room();
+      let req: Request;
+      let payload: Buffer | undefined;
+      try {
+        req = decodeRequest(await this.reader.readExact(REQUEST_SIZE), 0);
+        if (req.magic !== REQUEST_MAGIC) return this.abort(`bad request magic 0x${req.magic.toString(16)}`);
+        if (req.type === CMD_DISC) return;
+        if (req.type === CMD_WRITE) {
+          if (req.length > WRITE_SKIP_CAP) return this.abort(`write payload of ${req.length} bytes`);
+          if (req.length > MAX_PAYLOAD) {
+            await this.reader.skip(req.length);
+            this.send(this.errorReply(req, new IoError('EINVAL',
+              `len (${req.length}) is larger than max len (${MAX_PAYLOAD})`)));
+            continue;
+          }
+          payload = await this.reader.readExact(req.length);
+        }
+      } catch (err) {
+        if (!(err instanceof StreamEnded)) throw err;
+        // A request torn by EOF is dropped, never applied (spec §9).
+        if (err.partial && !this.stopping) this.log.warn(`${this.peer}: connection closed in the middle of a request`);
+        return;
+      }
+      this.start(req, payload);
+    }
+  }
+
+  private start(req: Request, payload: Buffer | undefined): void {
+    const cost = req.type === CMD_READ ? req.length : payload?.length ?? 0;
+    this.inFlight++;
+    this.inFlightBytes += cost;
+    void this.handle(req, payload).then((reply) => {
+      this.send(reply);
+      this.inFlight--;
+      this.inFlightBytes -= cost;
+      this.notify();
+    });
+  }
+
+  /** Always resolves with the reply to send; every failure becomes an error reply. */
+  private async handle(req: Request, payload: Buffer | undefined): Promise<Buffer> {
+    try {
+      if (this.stopping) throw new IoError('ESHUTDOWN', `export '${this.exportName}' is shutting down`);
+      this.validate(req);
+      return await this.execute(req, payload);
+    } catch (err) {
+      return this.errorReply(req, err);
+    }
+  }
+
+  /** Request checks in the order of spec §8.2; throws the IoError to answer with. */
+  private validate(r: Request): void {
+    const size = this.dev.sectors * SECTOR_SIZE;
+    const type = r.type;
+    if (type > CMD_BLOCK_STATUS) throw new IoError('EINVAL', `invalid request type (${type}) received`);
+    const modifies = type === CMD_WRITE || type === CMD_TRIM || type === CMD_WRITE_ZEROES;
+    if (modifies && this.session.handle.readOnly) {
+      throw new IoError('EPERM', `export '${this.exportName}' is read-only`);
+    }
+    const ranged = type !== CMD_FLUSH;
+    if (ranged && (r.offset > size || r.length > size - r.offset)) {
+      const code = type === CMD_WRITE || type === CMD_WRITE_ZEROES ? 'ENOSPC' : 'EINVAL';
+      throw new IoError(code, `operation past EOF; From: ${r.offset}, Len: ${r.length}, Size: ${size}`);
+    }
+    const unknownFlags = r.flags & ~this.allowedFlags(type);
+    if (unknownFlags) throw new IoError('EINVAL', `unsupported flags 0x${unknownFlags.toString(16)} for command ${type}`);
+    if (type === CMD_READ && r.length > MAX_PAYLOAD) {
+      throw new IoError('EINVAL', `len (${r.length}) is larger than max len (${MAX_PAYLOAD})`);
+    }
+    if (type === CMD_TRIM && !(this.session.flags & TFLAG_SEND_TRIM)) throw new IoError('EINVAL', 'trim is not supported');
+    if (type === CMD_BLOCK_STATUS) {
+      if (this.session.allocationContext === undefined) throw new IoError('EINVAL', 'CMD_BLOCK_STATUS not negotiated');
+      if (r.length === 0) throw new IoError('EINVAL', 'need non-zero length');
+    }
+    const align = this.dev.limits.logicalBlockSize;
+    if (ranged && (r.offset % align !== 0 || r.length % align !== 0)) {
+      throw new IoError('EINVAL', `request ${r.offset}+${r.length} is not aligned to the ${align}-byte minimum block size`);
+    }
+  }
+
+  private allowedFlags(type: number): number {
+    switch (type) {
+      case CMD_READ: return CMD_FLAG_FUA | (this.session.structured ? CMD_FLAG_DF : 0);
+      case CMD_WRITE_ZEROES: return CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO;
+      case CMD_BLOCK_STATUS: return CMD_FLAG_FUA | CMD_FLAG_REQ_ONE;
+      default: return CMD_FLAG_FUA;
+    }
+  }
+
+  private async execute(r: Request, payload: Buffer | undefined): Promise<Buffer> {
+    const sector = r.offset / SECTOR_SIZE;
+    const count = r.length / SECTOR_SIZE;
+    const fua = (r.flags & CMD_FLAG_FUA) !== 0;
+    switch (r.type) {
+      case CMD_READ:
+        return this.read(r, sector);
+      case CMD_WRITE:
+        if (count > 0) {
+          this.dirty = true;
+          await this.writeData(sector, payload!, fua);
+        }
+        break;
+      case CMD_FLUSH:
+        // The device's flush covers every write completed on any connection of
+        // this export, so a FLUSH here covers them all (CAN_MULTI_CONN, R6).
+        await this.dev.flush();
+        break;
+      case CMD_TRIM:
+        if (count > 0) {
+          this.dirty = true;
+          await this.inPieces(sector, count, ZERO_PIECE_SECTORS, (s, n) => this.dev.discard(s, n));
+          if (fua) await this.dev.flush();
+        }
+        break;
+      case CMD_WRITE_ZEROES:
+        if (r.flags & CMD_FLAG_FAST_ZERO && !this.dev.limits.writeZeroes) {
+          throw new IoError('ENOTSUP', `export '${this.exportName}' cannot write zeroes faster than data`);
+        }
+        if (count > 0) {
+          this.dirty = true;
+          await this.writeZeroes(sector, count, (r.flags & CMD_FLAG_NO_HOLE) === 0, fua);
+        }
+        break;
+      case CMD_BLOCK_STATUS:
+        return this.blockStatus(r, sector, count);
+      case CMD_CACHE:
+        break; // a prefetch hint; the range check above is all it needs
+    }
+    return simpleReply(0, r.cookie);
+  }
+
+  /** Allocates the whole reply once and reads device data straight into its payload. */
+  private async read(r: Request, sector: number): Promise<Buffer> {
+    if (!this.session.structured) {
+      const { reply, data } = simpleReadReply(r.cookie, r.length);
+      if (r.length > 0) await this.readData(sector, data);
+      return reply;
+    }
+    if (r.length === 0) return noneChunk(r.cookie);
+    const segments = r.flags & CMD_FLAG_DF || r.length < HOLE_READ_MIN
+      ? [{ offset: r.offset, length: r.length, hole: false }]
+      : await this.readSegments(r.offset, r.length);
+    const { reply, data } = structuredReadReply(r.cookie, segments);
+    await Promise.all(segments.map((s, i) => (s.hole ? undefined : this.readData(s.offset / SECTOR_SIZE, data[i]!))));
+    return reply;
+  }
+
+  /** Splits a READ into data and hole chunks following the device's extents (spec §5.6). */
+  private async readSegments(offset: number, length: number): Promise<ReadSegment[]> {
+    const whole = [{ offset, length, hole: false }];
+    if (!this.dev.extents) return whole;
+    const sector = offset / SECTOR_SIZE;
+    const count = length / SECTOR_SIZE;
+    const lbs = this.dev.limits.logicalBlockSize / SECTOR_SIZE;
+    const segments: ReadSegment[] = [];
+    for (const e of coverExtents(await this.dev.extents(sector, count), sector, count)) {
+      if (e.sector % lbs !== 0 || e.count % lbs !== 0) return whole;
+      const hole = e.zero;
+      const last = segments[segments.length - 1];
+      if (last && last.hole === hole) last.length += e.count * SECTOR_SIZE;
+      else segments.push({ offset: e.sector * SECTOR_SIZE, length: e.count * SECTOR_SIZE, hole });
+    }
+    if (segments.length > MAX_READ_SEGMENTS || segments.every((s) => !s.hole)) return whole;
+    return segments;
+  }
+
+  private async blockStatus(r: Request, sector: number, count: number): Promise<Buffer> {
+    // The request length is a hint (spec §5.7): answer a bounded prefix.
+    const n = Math.min(count, STATUS_MAX_SECTORS);
+    const raw = this.dev.extents ? await this.dev.extents(sector, n) : [];
+    const extents: StatusExtent[] = [];
+    for (const e of coverExtents(raw, sector, n)) {
+      const status = (e.hole ? STATE_HOLE : 0) | (e.zero ? STATE_ZERO : 0);
+      const last = extents[extents.length - 1];
+      if (last && last.status === status) last.length += e.count * SECTOR_SIZE;
+      else extents.push({ length: e.count * SECTOR_SIZE, status });
+    }
+    const answer = r.flags & CMD_FLAG_REQ_ONE ? extents.slice(0, 1) : extents;
+    return blockStatusChunk(r.cookie, this.session.allocationContext!, answer);
+  }
+
+  /** Reads in pieces of at most maxTransfer (clients may send up to 32 MiB regardless, spec §8.3). */
+  private readData(sector: number, into: Buffer): Promise<void> {
+    return this.inPieces(sector, into.length / SECTOR_SIZE, this.transferSectors(), (s, n) =>
+      this.dev.read(s, into.subarray((s - sector) * SECTOR_SIZE, (s - sector + n) * SECTOR_SIZE)));
+  }
+
+  private async writeData(sector: number, data: Buffer, fua: boolean): Promise<void> {
+    const native = fua && this.dev.limits.fua;
+    await this.inPieces(sector, data.length / SECTOR_SIZE, this.transferSectors(), (s, n) =>
+      this.dev.write(s, data.subarray((s - sector) * SECTOR_SIZE, (s - sector + n) * SECTOR_SIZE),
+        native ? { fua: true } : undefined));
+    await this.emulateFua(fua);
+  }
+
+  private async writeZeroes(sector: number, count: number, mayUnmap: boolean, fua: boolean): Promise<void> {
+    const native = fua && this.dev.limits.fua;
+    if (this.dev.limits.writeZeroes) {
+      const opts = { mayUnmap, fua: native };
+      await this.inPieces(sector, count, ZERO_PIECE_SECTORS, (s, n) => this.dev.writeZeroes(s, n, opts));
+    } else {
+      const piece = Math.min(this.transferSectors(), ZEROES.length / SECTOR_SIZE);
+      await this.inPieces(sector, count, piece, (s, n) =>
+        this.dev.write(s, ZEROES.subarray(0, n * SECTOR_SIZE), native ? { fua: true } : undefined));
+    }
+    await this.emulateFua(fua);
+  }
+
+  /** FUA on a device without native FUA: flush after the write, as the block layer does. */
+  private async emulateFua(needed: boolean): Promise<void> {
+    if (needed && !this.dev.limits.fua && this.dev.limits.flush) await this.dev.flush();
+  }
+
+  /** maxTransfer rounded down to whole logical blocks. */
+  private transferSectors(): number {
+    const lbs = this.dev.limits.logicalBlockSize / SECTOR_SIZE;
+    return Math.max(lbs, this.dev.limits.maxTransfer - (this.dev.limits.maxTransfer % lbs));
+  }
+
+  /** Runs `op` over [sector, sector+count) in pieces of at most `piece` sectors, concurrently. */
+  private async inPieces(sector: number, count: number, piece: number,
+    op: (s: number, n: number) => Promise<void>): Promise<void> {
+    if (count <= piece) return op(sector, count);
+    const all: Promise<void>[] = [];
+    for (let s = sector; s < sector + count; s += piece) all.push(op(s, Math.min(piece, sector + count - s)));
+    await Promise.all(all);
+  }
+
+  private errorReply(r: Request, err: unknown): Buffer {
+    const io = toIoError(err, { device: this.dev.name });
+    const wire = errnoToWire(io.code, (r.flags & CMD_FLAG_FAST_ZERO) !== 0);
+    if (!(err instanceof IoError)) this.log.error(`${this.peer}: unexpected failure: ${io.message}`);
+    else if (wire === NBD_EIO) this.log.warn(`${this.peer}: ${io.message}`);
+    return this.session.structured ? errorChunk(r.cookie, wire, io.message) : simpleReply(wire, r.cookie);
+  }
+
+  private send(reply: Buffer): void {
+    if (!this.socket.destroyed) this.socket.write(reply);
+  }
+
+  /** Waits until another request may be read (spec §8.4: never buffer without bound). */
+  private async room(): Promise<void> {
+    while (!this.socket.destroyed && (
+      this.inFlight >= this.limits.maxInFlight ||
+      this.inFlightBytes >= this.limits.maxInFlightBytes ||
+      this.socket.writableLength >= this.limits.maxInFlightBytes)) {
+      await this.waitForCompletion();
+    }
+  }
+
+  private waitForCompletion(): Promise<void> {
+    return new Promise((resolve) => { this.wake = resolve; });
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  private abort(reason: string): void {
+    this.log.warn(`${this.peer}: ${reason}; closing the connection`);
+    this.socket.destroy();
+  }
+
+  /**
+   * Flushes an export this connection wrote to, so clients that never send
+   * FLUSH (fio, nbdcopy without --flush) do not lose data to a later crash
+   * (spec §8.6), then releases the export and closes the socket.
+   */
+  private async finish(): Promise<void> {
+    if (this.dirty) {
+      try {
+        await this.dev.flush();
+      } catch (err) {
+        this.log.error(`${this.peer}: flush of '${this.exportName}' at disconnect failed: ${toIoError(err).message}`);
+      }
+    }
+    this.session.handle.release();
+    if (!this.socket.destroyed) {
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 5000).unref();
+    }
+  }
+}
+
+/**
+ * The device's extents clipped to [sector, sector+count) and made contiguous:
+ * gaps (a device may answer a prefix, or skip ranges) are reported as data,
+ * which is always a safe answer (spec §5.7).
+ */
+function coverExtents(raw: Extent[], sector: number, count: number): Extent[] {
+  const end = sector + count;
+  const out: Extent[] = [];
+  let at = sector;
+  for (const e of raw) {
+    const s = Math.max(e.sector, at);
+    const t = Math.min(e.sector + e.count, end);
+    if (t <= s) continue;
+    if (s > at) out.push({ sector: at, count: s - at, hole: false, zero: false });
+    out.push({ sector: s, count: t - s, hole: e.hole, zero: e.zero });
+    at = t;
+  }
+  if (at < end) out.push({ sector: at, count: end - at, hole: false, zero: false });
+  return out;
+}
