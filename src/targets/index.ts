@@ -7,11 +7,15 @@ import { TargetRegistry } from '../mapper/target-registry.ts';
 import type { TargetType } from '../mapper/target.ts';
 import { delayTarget } from './delay/delay.ts';
 import { errorTarget } from './error/error.ts';
+import { flakeyTarget } from './flakey/flakey.ts';
 import { linearTarget } from './linear/linear.ts';
+import { logWritesTarget } from './log-writes/log-writes.ts';
 import { stripedTarget } from './striped/striped.ts';
 import { zeroTarget } from './zero/zero.ts';
 
-export const BUILTIN_TARGETS: readonly TargetType[] = [errorTarget, linearTarget, stripedTarget, zeroTarget, delayTarget];
+export const BUILTIN_TARGETS: readonly TargetType[] = [
+  errorTarget, linearTarget, stripedTarget, zeroTarget, delayTarget, flakeyTarget, logWritesTarget,
+];
 
 export function builtinTargets(): TargetRegistry {
   const registry = new TargetRegistry();
