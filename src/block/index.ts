@@ -1,3 +1,4 @@
 export * from './device.ts';
 export * from './errors.ts';
 export { MemoryDevice, type MemoryDeviceOptions } from './memory-device.ts';
+export { FileDevice, type FileDeviceOptions } from './file-device.ts';
