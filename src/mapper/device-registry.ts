@@ -10,6 +10,7 @@ import type { BlockDevice } from '../block/device.ts';
 import { IoError, toIoError } from '../block/errors.ts';
 import { parseDevT } from './args.ts';
 import { silentLogger, systemClock } from './clock.ts';
+import { DeviceHandle } from './device-handle.ts';
 import { DM_MAJOR, MappedDevice, type MappedDeviceInfo } from './mapped-device.ts';
 import { Table, type TableEnv } from './table.ts';
 import { parseTableText } from './table-text.ts';
@@ -241,6 +242,12 @@ export class DeviceRegistry extends EventEmitter {
         md.openCount--;
       },
     };
+  }
+
+  /** Opens a device as a program opens /dev/mapper/NAME: a handle that holds it until closed. */
+  open(name: string): DeviceHandle {
+    const held = this.acquire(name);
+    return new DeviceHandle(held.device, held.release);
   }
 
   /**

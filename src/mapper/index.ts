@@ -7,3 +7,4 @@ export * from './table.ts';
 export * from './table-text.ts';
 export * from './target-registry.ts';
 export type * from './target.ts';
+export * from './device-handle.ts';
