@@ -14,9 +14,10 @@
  *     RANDOM_SUBSETS seeded random subsets;
  *   - and finally all kept (the plain prefix replay), which becomes the base
  *     for the next crash point.
- * States are numbered from 1 in that order; the numbering depends only on the
- * log, --limit and --seed, so `--limit K --explore-state N --seed S`
- * reproduces state N alone.
+ * With --start-mark or --start-entry the log up to there is replayed whole
+ * and exploration begins after it. States are numbered from 1 in that order;
+ * the numbering depends only on the log, the start, --limit and --seed, so
+ * `--limit K --explore-state N --seed S` reproduces state N alone.
  *
  * The replay target holds the base state; a state's entries are applied with
  * an undo record (the target's previous bytes), checked, and undone. The check
@@ -41,6 +42,8 @@ export interface ExploreSettings {
   seed: number;
   /** Only entries below this index take part (0: all). */
   limit: bigint;
+  /** Entries up to and including this index are replayed whole, unexplored (-1: none). */
+  startAfter: number;
   fsck?: string;
   /** Materialise only this state and stop. */
   state?: bigint;
@@ -69,9 +72,12 @@ export async function explore(reader: LogReader, target: ReplayTarget, io: LogIo
   const entries = await index(reader, s.limit);
   if (!entries) return 1;
   const rng = new Rng(s.seed);
-  const points = entries.filter((x, i) => has(x.entry, LOG_FLUSH_FLAG | LOG_FUA_FLAG) || i === entries.length - 1);
+  let base = Math.min(s.startAfter, entries.length - 1); // entries [0, base] are applied to the target
+  if (!(await apply(reader, target, entries.slice(0, base + 1), undefined))) return 1;
+  const points = entries.filter(
+    (x, i) => i > base && (has(x.entry, LOG_FLUSH_FLAG | LOG_FUA_FLAG) || i === entries.length - 1),
+  );
 
-  let base = -1; // entries [0, base] are applied to the target
   let state = 0n;
   for (const point of points) {
     const between = entries.slice(base + 1, point.index + 1);

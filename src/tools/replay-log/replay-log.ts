@@ -79,9 +79,17 @@ export async function replayLog(
 
   if (opts.explore) {
     if (!target || (opts.fsck === undefined && opts.exploreState === undefined)) return usage(io.stderr).exit;
+    // The log up to the start (a mark, or --start-entry) is replayed whole:
+    // exploration begins there, e.g. after the mkfs a test does not care about.
+    let startAfter = Number(opts.startEntry) - 1;
+    if (opts.startMark) {
+      if (!(await seekToMark(reader, opts.startMark, io))) return 1;
+      startAfter = Number(reader.curEntry - 1n);
+    }
     return explore(reader, target, io, {
       seed: opts.seed,
       limit: opts.limit,
+      startAfter,
       ...(opts.fsck !== undefined ? { fsck: opts.fsck } : {}),
       ...(opts.exploreState !== undefined ? { state: opts.exploreState } : {}),
       reproduce,
@@ -167,6 +175,8 @@ function checkDue(opts: ReplayLogOptions, count: bigint, reader: LogReader): boo
 function reproduceLine(opts: ReplayLogOptions, state: bigint, limit: number): string {
   const words = ['dmkit', 'replay-log', '--log', opts.log!, '--replay', opts.replay!];
   if (!opts.discard) words.push('--no-discard');
+  if (opts.startMark) words.push('--start-mark', opts.startMark.toString('latin1'));
+  else if (opts.startEntry > 0n) words.push('--start-entry', String(opts.startEntry));
   words.push('--limit', String(limit), '--explore-state', String(state), '--seed', String(opts.seed));
   if (opts.fsck !== undefined) words.push('--fsck', opts.fsck);
   return words.map(shellQuote).join(' ');
