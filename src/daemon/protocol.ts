@@ -11,6 +11,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { StatusLine } from '../mapper/device-registry.ts';
+import type { MappedDeviceInfo } from '../mapper/mapped-device.ts';
 
 /** Where `dmkit serve` keeps its state and control socket unless told otherwise. */
 export const DEFAULT_DATA_DIR = './dmkit-data';
@@ -28,23 +29,12 @@ export const DRIVER_VERSION = '4.50.0';
 /** dmkit's own version, from package.json (`dmkit version`: Library version). */
 export const PACKAGE_VERSION: string = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version;
 
-/** What DEV_STATUS returns (basic-targets §5), as JSON. */
-export interface DeviceInfo {
-  name: string;
-  uuid: string;
-  major: number;
-  minor: number;
-  suspended: boolean;
-  readOnly: boolean;
-  liveTable: boolean;
-  inactiveTable: boolean;
-  openCount: number;
-  eventNr: number;
-  targetCount: number;
-  /** Sectors; null until the first table was loaded (dmsetup then omits the line). */
-  readAhead: number | null;
-  sectors: number;
-}
+/**
+ * What DEV_STATUS returns (basic-targets §5), as JSON: the mapper's info with
+ * readAhead null (not absent) until the first table was loaded, so dmsetup's
+ * formatter can omit the line.
+ */
+export type DeviceInfo = Omit<MappedDeviceInfo, 'readAhead'> & { readAhead: number | null };
 
 export interface TableResult {
   device: DeviceInfo;
