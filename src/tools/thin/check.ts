@@ -1,0 +1,294 @@
+import type { BlockDevice } from '../../block/device.ts';
+import { IoError } from '../../block/errors.ts';
+import { FileDevice } from '../../block/file-device.ts';
+import { BlockManager, METADATA_BLOCK_SIZE } from '../../pdata/block-manager.ts';
+import { type TreeCheck, checkTree } from '../../pdata/btree/check.ts';
+import { blockChecksum } from '../../pdata/checksum.ts';
+import { readU64 } from '../../pdata/endian.ts';
+import { BITMAP_OVERFLOW, ENTRIES_PER_BITMAP, getEntry } from '../../pdata/space-map/bitmap.ts';
+import { IndexBlockStore } from '../../pdata/space-map/index-block.ts';
+import { type IndexEntry, decodeIndexEntry } from '../../pdata/space-map/index-entry.ts';
+import { type SpaceMapRoot, decodeSpaceMapRoot } from '../../pdata/space-map/root.ts';
+import { decodeBlockTime } from '../../pdata/thin/block-time.ts';
+import { type ThinSuperblock, decodeSuperblock, superblockValidator } from '../../pdata/thin/superblock.ts';
+import { TransactionManager } from '../../pdata/transaction-manager.ts';
+import { SALT, bitmapValidator } from '../../pdata/validators.ts';
+import type { ToolIo } from './io.ts';
+import { parseArgs } from './options.ts';
+
+export interface CheckOptions {
+  superBlockOnly?: boolean;
+  skipMappings?: boolean;
+  /** Progress lines ("examining superblock", …), as thin_check prints them. */
+  progress?: (line: string) => void;
+}
+
+export interface CheckReport {
+  /** Damage: metadata that must not be used. */
+  errors: string[];
+  /** Harmless inconsistencies (leaked blocks), thin_check's non-fatal errors. */
+  warnings: string[];
+  transactionId: number;
+  metadataFreeBlocks: number;
+}
+
+/**
+ * thin_check (spec/thin-metadata.md §11.3): the superblock checksum; every
+ * node of the device-details and mapping trees (and of a held metadata
+ * snapshot); then the reference count of every metadata block re-derived by
+ * a full walk and compared with the metadata space map, and likewise every
+ * data block's count (one per distinct leaf mapping it, §5.7) with the data
+ * space map. Metadata counts live in one Uint32Array; mappings are streamed.
+ */
+export async function checkThinMetadata(device: BlockDevice, opts: CheckOptions = {}): Promise<CheckReport> {
+  const report: CheckReport = { errors: [], warnings: [], transactionId: 0, metadataFreeBlocks: 0 };
+  const progress = opts.progress ?? (() => {});
+  if (device.sectors * 512 < METADATA_BLOCK_SIZE) {
+    report.errors.push('Metadata device/file too small.  Is this binary metadata?');
+    return report;
+  }
+  const bm = new BlockManager(device, { readOnly: true });
+  try {
+    progress('examining superblock');
+    const raw = await bm.readRaw(0);
+    const want = blockChecksum(raw, SALT.thinSuperblock);
+    if (raw.readUInt32LE(0) !== want) {
+      report.errors.push(`bad checksum in superblock, wanted ${want}`);
+      if (raw.subarray(0, 16).toString('latin1').trimStart().startsWith('<')) {
+        report.errors.push('This looks like XML.  thin_check only checks the binary metadata format.');
+      }
+      return report;
+    }
+    const sb = decodeSuperblock(raw);
+    report.transactionId = sb.transactionId;
+    const metaRoot = decodeSpaceMapRoot(sb.metadataSpaceMapRoot);
+    report.metadataFreeBlocks = metaRoot.nrBlocks - metaRoot.nrAllocated;
+    if (opts.superBlockOnly) return report;
+    if (metaRoot.nrBlocks > bm.nrBlocks) {
+      report.errors.push(`metadata space map claims ${metaRoot.nrBlocks} blocks, the device has ${bm.nrBlocks}`);
+      return report;
+    }
+    await new Checker(bm, sb, metaRoot, report, opts, progress).run();
+    return report;
+  } finally {
+    await bm.close();
+  }
+}
+
+class Checker {
+  private readonly tm: TransactionManager;
+  private readonly c: TreeCheck;
+  private readonly dataRefs = new Map<number, number>();
+  private readonly dataRoot: SpaceMapRoot;
+
+  constructor(
+    bm: BlockManager,
+    private readonly sb: ThinSuperblock,
+    private readonly metaRoot: SpaceMapRoot,
+    private readonly report: CheckReport,
+    private readonly opts: CheckOptions,
+    private readonly progress: (line: string) => void,
+  ) {
+    this.tm = TransactionManager.readOnly(bm);
+    this.c = { tm: this.tm, refs: new Uint32Array(metaRoot.nrBlocks), errors: report.errors };
+    this.dataRoot = decodeSpaceMapRoot(sb.dataSpaceMapRoot);
+  }
+
+  async run(): Promise<void> {
+    this.ref(0, 'superblock');
+    this.progress('examining devices tree');
+    await this.checkThinTrees(this.sb, '');
+    if (this.sb.heldRoot !== 0) await this.checkHeldRoot(this.sb.heldRoot);
+    if (this.opts.skipMappings) return;
+    this.progress('checking space map counts');
+    const metaOverflow = await this.spaceMapStructures(this.metaRoot, 'metadata', true);
+    const dataOverflow = await this.spaceMapStructures(this.dataRoot, 'data', false);
+    if (this.report.errors.length > 0) return; // counts of a damaged walk would only add noise
+    await this.compareCounts('metadata', this.metaRoot, this.metaIndex, metaOverflow, (b) => this.c.refs[b]!);
+    await this.compareCounts('data', this.dataRoot, this.dataIndex, dataOverflow, (b) => this.dataRefs.get(b) ?? 0);
+  }
+
+  private metaIndex: IndexEntry[] = [];
+  private dataIndex: IndexEntry[] = [];
+
+  private ref(b: number, what: string): void {
+    if (b < 0 || b >= this.c.refs.length) this.report.errors.push(`${what}: block ${b} outside the metadata device`);
+    else this.c.refs[b]!++;
+  }
+
+  /** The details tree and the 2-level mapping tree of a superblock (live or held copy). */
+  private async checkThinTrees(sb: ThinSuperblock, prefix: string): Promise<void> {
+    const detailIds = new Set<number>();
+    await checkTree(this.c, sb.deviceDetailsRoot, {
+      name: `${prefix}device details tree`,
+      valueSize: 24,
+      onValue: (id) => {
+        detailIds.add(id);
+      },
+    });
+    if (prefix === '') this.progress(this.opts.skipMappings ? 'examining top level of mapping tree' : 'examining mapping tree');
+    const subtrees: { id: number; root: number }[] = [];
+    await checkTree(this.c, sb.dataMappingRoot, {
+      name: `${prefix}mapping tree`,
+      valueSize: 8,
+      onValue: (id, v) => {
+        subtrees.push({ id, root: readU64(v, 0) });
+      },
+    });
+    for (const { id, root } of subtrees) {
+      if (!detailIds.delete(id)) this.report.errors.push(`mappings present for device ${id}, but it isn't present in device tree`);
+      if (this.opts.skipMappings) continue;
+      await checkTree(this.c, root, {
+        name: `${prefix}mapping tree of device ${id}`,
+        valueSize: 8,
+        onValue: (vblock, v) => {
+          const { block } = decodeBlockTime(v);
+          if (block >= this.dataRoot.nrBlocks) {
+            this.report.errors.push(`device ${id} block ${vblock} maps data block ${block} beyond the data device (${this.dataRoot.nrBlocks} blocks)`);
+          }
+          this.dataRefs.set(block, (this.dataRefs.get(block) ?? 0) + 1);
+        },
+      });
+    }
+    if (detailIds.size > 0) this.report.errors.push(`missing all mappings for devices: ${[...detailIds].join(', ')}`);
+  }
+
+  private async checkHeldRoot(held: number): Promise<void> {
+    this.ref(held, 'held metadata root');
+    let copy: ThinSuperblock;
+    try {
+      const block = await this.tm.readLock(held, superblockValidator);
+      copy = decodeSuperblock(block.data);
+      this.tm.unlock(block);
+    } catch (err) {
+      if (!(err instanceof IoError)) throw err;
+      this.report.errors.push(`held metadata root: ${err.message}`);
+      return;
+    }
+    await this.checkThinTrees(copy, 'metadata snapshot ');
+  }
+
+  /**
+   * Counts the space map's own blocks (index, bitmaps, ref-count tree) and
+   * returns its overflow counts.
+   */
+  private async spaceMapStructures(root: SpaceMapRoot, kind: 'metadata' | 'data', indexBlock: boolean): Promise<Map<number, number>> {
+    const nrBitmaps = Math.ceil(root.nrBlocks / ENTRIES_PER_BITMAP);
+    let index: IndexEntry[] = [];
+    if (indexBlock) {
+      this.ref(root.bitmapRoot, 'metadata space map index');
+      try {
+        index = (await IndexBlockStore.read(this.tm, root.bitmapRoot, nrBitmaps)).entries;
+      } catch (err) {
+        if (!(err instanceof IoError)) throw err;
+        this.report.errors.push(`metadata space map index: ${err.message}`);
+      }
+    } else {
+      await checkTree(this.c, root.bitmapRoot, {
+        name: 'data space map index',
+        valueSize: 16,
+        onValue: (i, v) => {
+          index[i] = decodeIndexEntry(v, 0);
+        },
+      });
+    }
+    for (let i = 0; i < nrBitmaps; i++) {
+      const e = index[i];
+      if (e) this.ref(e.blocknr, `${kind} space map bitmap ${i}`);
+      else this.report.errors.push(`${kind} space map has no index entry for bitmap ${i}`);
+    }
+    if (indexBlock) this.metaIndex = index;
+    else this.dataIndex = index;
+    const overflow = new Map<number, number>();
+    await checkTree(this.c, root.refCountRoot, {
+      name: `${kind} space map ref-count tree`,
+      valueSize: 4,
+      onValue: (b, v) => {
+        overflow.set(b, v.readUInt32LE(0));
+      },
+    });
+    return overflow;
+  }
+
+  private async compareCounts(
+    kind: 'metadata' | 'data',
+    root: SpaceMapRoot,
+    index: IndexEntry[],
+    overflow: Map<number, number>,
+    expected: (b: number) => number,
+  ): Promise<void> {
+    for (let i = 0; i * ENTRIES_PER_BITMAP < root.nrBlocks; i++) {
+      let block;
+      try {
+        block = await this.tm.readLock(index[i]!.blocknr, bitmapValidator);
+      } catch (err) {
+        if (!(err instanceof IoError)) throw err;
+        this.report.errors.push(`${kind} space map bitmap ${i}: ${err.message}`);
+        continue;
+      }
+      try {
+        const end = Math.min(ENTRIES_PER_BITMAP, root.nrBlocks - i * ENTRIES_PER_BITMAP);
+        for (let k = 0; k < end; k++) {
+          const b = i * ENTRIES_PER_BITMAP + k;
+          const entry = getEntry(block.data, k);
+          const actual = entry < BITMAP_OVERFLOW ? entry : overflow.get(b) ?? 0;
+          if (entry === BITMAP_OVERFLOW && !overflow.has(b)) this.report.errors.push(`${kind} block ${b} has bitmap count 3 but no ref-count tree entry`);
+          const want = expected(b);
+          if (actual === want) continue;
+          const msg = `${kind} reference counts differ for block ${b}, expected ${want}, but got ${actual}`;
+          (actual > want ? this.report.warnings : this.report.errors).push(msg);
+        }
+      } finally {
+        this.tm.unlock(block);
+      }
+    }
+  }
+}
+
+const USAGE = `Usage: thin check [options] {device|file}
+Options:
+  {-q|--quiet}
+  {-h|--help}
+  {--super-block-only}
+  {--skip-mappings}
+  {--ignore-non-fatal-errors}
+`;
+
+/** `dmkit thin check META`: exit 0 when clean (or only non-fatal errors are ignored), else 1, as thin_check. */
+export async function thinCheck(argv: readonly string[], io: ToolIo): Promise<number> {
+  let device: FileDevice | undefined;
+  try {
+    const { options, positional } = parseArgs(argv, {
+      flags: { quiet: false, help: false, 'super-block-only': false, 'skip-mappings': false, 'ignore-non-fatal-errors': false },
+      aliases: { q: 'quiet', h: 'help' },
+    });
+    if (options.has('help')) {
+      io.stdout.write(USAGE);
+      return 0;
+    }
+    if (positional.length !== 1) {
+      io.stderr.write(`No input file provided.\n${USAGE}`);
+      return 1;
+    }
+    const quiet = options.has('quiet');
+    const say = (line: string): void => {
+      if (!quiet) io.stderr.write(`${line}\n`);
+    };
+    device = await FileDevice.open(positional[0]!, { readOnly: true });
+    const report = await checkThinMetadata(device, {
+      superBlockOnly: options.has('super-block-only'),
+      skipMappings: options.has('skip-mappings'),
+      progress: say,
+    });
+    for (const e of report.errors) say(e);
+    for (const w of report.warnings) say(w);
+    if (report.errors.length > 0) return 1;
+    if (!quiet) io.stdout.write(`TRANSACTION_ID=${report.transactionId}\nMETADATA_FREE_BLOCKS=${report.metadataFreeBlocks}\n`);
+    return report.warnings.length > 0 && !options.has('ignore-non-fatal-errors') ? 1 : 0;
+  } catch (err) {
+    io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  } finally {
+    await device?.close();
+  }
+}

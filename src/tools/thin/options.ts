@@ -1,0 +1,51 @@
+import { IoError } from '../../block/errors.ts';
+
+/** A getopt_long-style option table: name → takes a value. Short aliases map to long names. */
+export interface OptionSpec {
+  flags: Record<string, boolean>;
+  aliases?: Record<string, string>;
+}
+
+export interface ParsedArgs {
+  options: Map<string, string[]>;
+  positional: string[];
+}
+
+/** Parses argv like the tools do: `--name value`, `--name=value`, `-x value`; throws EINVAL on anything unknown. */
+export function parseArgs(argv: readonly string[], spec: OptionSpec): ParsedArgs {
+  const options = new Map<string, string[]>();
+  const positional: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('-') || arg === '-') {
+      positional.push(arg);
+      continue;
+    }
+    let name = arg.replace(/^--?/, '');
+    let value: string | undefined;
+    const eq = name.indexOf('=');
+    if (eq >= 0) {
+      value = name.slice(eq + 1);
+      name = name.slice(0, eq);
+    }
+    name = spec.aliases?.[name] ?? name;
+    const takesValue = spec.flags[name];
+    if (takesValue === undefined) throw new IoError('EINVAL', `unrecognized option '${arg}'`);
+    if (takesValue && value === undefined) {
+      value = argv[++i];
+      if (value === undefined) throw new IoError('EINVAL', `option '${arg}' requires an argument`);
+    }
+    const list = options.get(name) ?? [];
+    list.push(value ?? '');
+    options.set(name, list);
+  }
+  return { options, positional };
+}
+
+/** A decimal number argument, as the tools' boost::lexical_cast wants it. */
+export function parseNumber(text: string, what: string): number {
+  if (!/^\d+$/.test(text)) throw new IoError('EINVAL', `couldn't parse ${what}: '${text}'`);
+  const n = Number(text);
+  if (!Number.isSafeInteger(n)) throw new IoError('EOVERFLOW', `${what} too large: '${text}'`);
+  return n;
+}
