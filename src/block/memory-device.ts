@@ -3,6 +3,7 @@ import {
   SECTOR_SHIFT, SECTOR_SIZE, checkBuffer, checkRequest, makeLimits,
 } from './device.ts';
 import { IoError } from './errors.ts';
+import { chunkExtents } from './extents.ts';
 
 const CHUNK_SHIFT = 16; // 64 KiB chunks: allocation is per chunk, never per sector
 const CHUNK_BYTES = 1 << CHUNK_SHIFT;
@@ -70,18 +71,7 @@ export class MemoryDevice implements BlockDevice {
   async extents(sector: number, count: number): Promise<Extent[]> {
     this.checkOpen(sector);
     checkRequest(this, 'extents', sector, count);
-    const out: Extent[] = [];
-    const end = sector + count;
-    for (let s = sector; s < end; ) {
-      const chunk = Math.floor(s / CHUNK_SECTORS);
-      const next = Math.min(end, (chunk + 1) * CHUNK_SECTORS);
-      const hole = !this.chunks.has(chunk);
-      const last = out[out.length - 1];
-      if (last && last.hole === hole) last.count += next - s;
-      else out.push({ sector: s, count: next - s, hole, zero: hole });
-      s = next;
-    }
-    return out;
+    return chunkExtents(sector, count, CHUNK_SECTORS, (chunk) => !this.chunks.has(chunk));
   }
 
   async close(): Promise<void> {

@@ -3,6 +3,7 @@ import {
   SECTOR_SIZE, checkBuffer, checkRequest, makeLimits,
 } from '../block/device.ts';
 import { IoError } from '../block/errors.ts';
+import { chunkExtents } from '../block/extents.ts';
 import { type CrashSelection, DiskState, type KeptWrite, type PendingWrite, type WriteRequest } from './disk-state.ts';
 import { type Fault, type FaultOp, type FaultRule, FaultSet, corruptSectors } from './faults.ts';
 import type { Rng } from './rng.ts';
@@ -143,17 +144,7 @@ export class SimulatedDisk implements BlockDevice {
   async extents(sector: number, count: number): Promise<Extent[]> {
     this.checkOpen(sector);
     checkRequest(this, 'extents', sector, count);
-    const out: Extent[] = [];
-    const end = sector + count;
-    for (let s = sector; s < end; ) {
-      const next = Math.min(end, (Math.floor(s / CHUNK_SECTORS) + 1) * CHUNK_SECTORS);
-      const hole = this.state.isHole(s);
-      const last = out[out.length - 1];
-      if (last && last.hole === hole) last.count += next - s;
-      else out.push({ sector: s, count: next - s, hole, zero: hole });
-      s = next;
-    }
-    return out;
+    return chunkExtents(sector, count, CHUNK_SECTORS, (chunk) => this.state.isHole(chunk * CHUNK_SECTORS));
   }
 
   async close(): Promise<void> {
