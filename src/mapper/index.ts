@@ -8,3 +8,4 @@ export * from './table-text.ts';
 export * from './target-registry.ts';
 export type * from './target.ts';
 export * from './device-handle.ts';
+export * from './requeue.ts';

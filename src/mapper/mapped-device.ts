@@ -7,6 +7,7 @@ import {
   checkBuffer, checkRequest, makeLimits,
 } from '../block/device.ts';
 import { IoError } from '../block/errors.ts';
+import { RequeueRequest } from './requeue.ts';
 import type { Table } from './table.ts';
 import type { SuspendOptions } from './target.ts';
 
@@ -110,64 +111,63 @@ export class MappedDevice implements BlockDevice {
 
   // ---- I/O ---------------------------------------------------------------
 
-  async read(sector: number, into: Buffer): Promise<void> {
-    const table = await this.enter();
-    try {
+  read(sector: number, into: Buffer): Promise<void> {
+    return this.submit((table) => {
       checkBuffer(this, 'read', sector, into);
-      await table.read(sector, into);
-    } finally {
-      this.leave();
-    }
+      return table.read(sector, into);
+    });
   }
 
-  async write(sector: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
-    const table = await this.enter();
-    try {
+  write(sector: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
+    return this.submit((table) => {
       checkBuffer(this, 'write', sector, data);
-      await table.write(sector, data, opts);
-    } finally {
-      this.leave();
-    }
+      return table.write(sector, data, opts);
+    });
   }
 
-  async flush(): Promise<void> {
-    const table = await this.enter();
-    try {
-      await table.flush();
-    } finally {
-      this.leave();
-    }
+  flush(): Promise<void> {
+    return this.submit((table) => table.flush());
   }
 
-  async discard(sector: number, count: number): Promise<void> {
-    const table = await this.enter();
-    try {
+  discard(sector: number, count: number): Promise<void> {
+    return this.submit((table) => {
       checkRequest(this, 'discard', sector, count);
       if (!table.limits.discard) throw this.unsupported('discard', sector);
-      await table.discard(sector, count);
-    } finally {
-      this.leave();
-    }
+      return table.discard(sector, count);
+    });
   }
 
-  async writeZeroes(sector: number, count: number, opts: WriteZeroesOptions = {}): Promise<void> {
-    const table = await this.enter();
-    try {
+  writeZeroes(sector: number, count: number, opts: WriteZeroesOptions = {}): Promise<void> {
+    return this.submit((table) => {
       checkRequest(this, 'write-zeroes', sector, count);
       if (!table.limits.writeZeroes) throw this.unsupported('write-zeroes', sector);
-      await table.writeZeroes(sector, count, opts);
-    } finally {
-      this.leave();
-    }
+      return table.writeZeroes(sector, count, opts);
+    });
   }
 
-  async extents(sector: number, count: number): Promise<Extent[]> {
-    const table = await this.enter();
-    try {
+  extents(sector: number, count: number): Promise<Extent[]> {
+    return this.submit((table) => {
       checkRequest(this, 'extents', sector, count);
-      return await table.extents(sector, count);
-    } finally {
-      this.leave();
+      return table.extents(sector, count);
+    });
+  }
+
+  /**
+   * Runs one request through the live table, counted as in flight. A target
+   * that hands the request back (RequeueRequest, during a noflush suspend)
+   * gets it again, through whatever table is live after resume (§10.1 rule 6).
+   */
+  private async submit<T>(io: (table: Table) => Promise<T>): Promise<T> {
+    for (;;) {
+      const table = await this.enter();
+      try {
+        return await io(table);
+      } catch (err) {
+        if (!(err instanceof RequeueRequest)) throw err;
+      } finally {
+        this.leave();
+      }
+      if (!this.gateClosed) await new Promise((resolve) => setImmediate(resolve));
     }
   }
 

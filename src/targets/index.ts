@@ -10,11 +10,15 @@ import { errorTarget } from './error/error.ts';
 import { flakeyTarget } from './flakey/flakey.ts';
 import { linearTarget } from './linear/linear.ts';
 import { logWritesTarget } from './log-writes/log-writes.ts';
+import { mirrorTarget } from './mirror/mirror.ts';
 import { stripedTarget } from './striped/striped.ts';
+import { thinPoolTarget } from './thin/pool.ts';
+import { thinTarget } from './thin/thin.ts';
 import { zeroTarget } from './zero/zero.ts';
 
 export const BUILTIN_TARGETS: readonly TargetType[] = [
   errorTarget, linearTarget, stripedTarget, zeroTarget, delayTarget, flakeyTarget, logWritesTarget,
+  mirrorTarget, thinPoolTarget, thinTarget,
 ];
 
 export function builtinTargets(): TargetRegistry {

@@ -184,3 +184,40 @@ test('shutdown removes stacked devices top first', async () => {
   await registry.shutdown();
   assert.equal(registry.list().length, 0);
 });
+
+test('a request a target hands back on a noflush suspend is reissued through the table live after resume', async () => {
+  const { RequeueRequest } = await import('../../src/mapper/requeue.ts');
+  const held: { reject: (e: Error) => void }[] = [];
+  const holdingTarget = {
+    name: 'holding',
+    version: [0, 0, 1] as const,
+    async construct(ctx: import('../../src/mapper/target.ts').TargetContext) {
+      const { inheritLimits } = await import('../../src/mapper/limits.ts');
+      const never = () => Promise.reject(new Error('not used'));
+      return {
+        read: never,
+        write: () => new Promise<void>((_, reject) => held.push({ reject })),
+        flush: () => Promise.resolve(),
+        discard: never,
+        writeZeroes: never,
+        limits: () => inheritLimits([]),
+        areas: () => [],
+        status: () => '',
+        async presuspend(opts: { noflush: boolean }) {
+          for (const h of held.splice(0)) h.reject(opts.noflush ? new RequeueRequest(ctx.deviceName) : new Error('EIO'));
+        },
+        close: () => Promise.resolve(),
+      };
+    },
+  };
+  const { registry, disks } = memoryRegistry([testmapTarget, holdingTarget], { '/dev/loop0': 4096 });
+  await registry.create('x', { table: ['0 100 holding'] });
+  const write = registry.get('x').write(3, Buffer.alloc(512, 0x42));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(held.length, 1);
+  await registry.load('x', ['0 100 testmap /dev/loop0 0']);
+  await registry.suspend('x', { noflush: true });
+  await registry.resume('x');
+  await write;
+  assert.equal(disks['/dev/loop0']!.peek(3 * 512, 1)[0], 0x42);
+});

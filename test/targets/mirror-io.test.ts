@@ -49,7 +49,7 @@ async function rig(args: string, opts: MirrorOptions & { legs?: number; differ?:
 const legArgs = (n: number) => `${n} ${Array.from({ length: n }, (_, i) => `254:${i + 1} 0`).join(' ')}`;
 
 async function suspend(m: MirrorSet): Promise<void> {
-  await m.presuspend();
+  await m.presuspend({ noflush: false });
   await m.postsuspend();
 }
 
@@ -160,7 +160,7 @@ describe('mirror reads (§7.3)', () => {
     await m.read(90 * R, buf);
     assert.ok(buf.every((b) => b === 0xaa));
     assert.equal(trace.some((t) => t.startsWith('submit leg1 read')), false);
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.close();
   });
 
@@ -178,7 +178,7 @@ describe('mirror reads (§7.3)', () => {
     trace.length = 0;
     await m.read(16, buf);
     assert.deepEqual(trace.filter((t) => t.startsWith('submit')), ['submit leg1 read@16+8']);
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.close();
   });
 
@@ -187,7 +187,7 @@ describe('mirror reads (§7.3)', () => {
     await m.resume();
     for (const leg of legs) leg.failing.add('read');
     await assert.rejects(m.read(0, Buffer.alloc(512)), isCode('EIO'));
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.close();
   });
 });
@@ -211,7 +211,7 @@ describe('mirror write failures (§2.4, §7.6)', () => {
     assert.equal(settled, undefined, 'the write is held');
     assert.equal(m.status('info'), '2 254:1 254:2 127/128 1 AD 3 disk 254:0 A');
     assert.equal(events(), 1);
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await w;
     assert.equal(settled, 'EIO');
     await m.postsuspend();
@@ -238,7 +238,7 @@ describe('mirror write failures (§2.4, §7.6)', () => {
       const { m, legs } = await inSyncRig(features);
       legs[0]!.failing.add('write');
       await assert.rejects(m.write(0, Buffer.alloc(512), {}), isCode('EIO'));
-      await m.presuspend();
+      await m.presuspend({ noflush: false });
       await m.close();
     }
   });
@@ -269,7 +269,7 @@ describe('mirror write failures (§2.4, §7.6)', () => {
       assert.equal(events(), 1);
       // Rule 9: the unmarked write never reached a leg.
       assert.deepEqual(await bytesAt(legs[1]!, 7 * R, 1), Buffer.alloc(512));
-      await m.presuspend();
+      await m.presuspend({ noflush: false });
       await w;
       await m.close();
     }
@@ -316,7 +316,7 @@ describe('mirror resync (§8)', () => {
     await w;
     for (const leg of legs) assert.deepEqual(await bytesAt(leg, 0, 1), Buffer.alloc(512, 0x77));
     assert.deepEqual(await bytesAt(legs[1]!, 1, 1), Buffer.alloc(512, 0xaa), 'the rest of region 0 was copied');
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.close();
   });
 

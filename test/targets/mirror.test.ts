@@ -133,11 +133,11 @@ describe('mirror status (§10.2)', () => {
     assert.equal(m.status('info'), '2 254:1 254:2 128/128 1 AA 1 core');
     await until(() => ctx.events === 1, 'the in-sync event');
     // A core mirror suspended and resumed does not restart a finished resync.
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.postsuspend();
     await m.resume();
     assert.equal(m.status('info'), '2 254:1 254:2 128/128 1 AA 1 core');
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.close();
   });
 
@@ -151,7 +151,7 @@ describe('mirror status (§10.2)', () => {
     await m2.resume();
     await until(() => syncProgress(m2.status('info')).inSync === 128, 'sync');
     assert.equal(m2.status('info'), '3 254:1 254:2 254:3 128/128 1 AAA 3 disk 254:0 A');
-    await m2.presuspend();
+    await m2.presuspend({ noflush: false });
     await m2.close();
   });
 });
@@ -231,7 +231,7 @@ describe('the disk log on disk (§5)', () => {
     assert.deepEqual(await readBytes(devs['254:0']!, 1536), fromXxd(EXAMPLE_A, 1536));
     assert.equal(m.status('info'), '2 254:1 254:2 0/128 1 AA 3 disk 254:0 A');
     await until(() => syncProgress(m.status('info')).inSync === 128, 'sync');
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.postsuspend();
     assert.deepEqual(await readBytes(devs['254:0']!, 1536), fromXxd(EXAMPLE_B, 1536));
     // Bytes past buf_size are never touched.
@@ -245,7 +245,7 @@ describe('the disk log on disk (§5)', () => {
     await m.resume();
     assert.deepEqual(await readBytes(devs['254:0']!, 1536), fromXxd(EXAMPLE_B, 1536));
     assert.equal(m.status('info'), '2 254:1 254:2 128/128 1 AA 3 disk 254:0 A');
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.postsuspend();
     await m.close();
     const forced = await construct(dmContext(devs), 'disk 3 254:0 1024 sync 2 254:1 0 254:2 0');
@@ -253,7 +253,7 @@ describe('the disk log on disk (§5)', () => {
     assert.equal(syncProgress(forced.status('info')).inSync < 128, true);
     const d = decodeLogImage(await readBytes(devs['254:0']!, 1536));
     assert.equal(d.clean(127), false);
-    await forced.presuspend();
+    await forced.presuspend({ noflush: false });
     await forced.close();
   });
 
@@ -280,7 +280,7 @@ describe('the disk log on disk (§5)', () => {
     assert.equal(img.subarray(0x400, 0x410).toString('hex'), 'dfffffffffffffffffdfffffffffffff');
     release();
     await Promise.all([w1, w2]);
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.postsuspend();
     // Both regions became clean again once every leg completed them (and the legs were flushed).
     assert.deepEqual(await readBytes(log, 1536), fromXxd(EXAMPLE_B, 1536));
@@ -294,7 +294,7 @@ describe('the disk log on disk (§5)', () => {
     const img = await readBytes(devs['254:0']!, 1536);
     assert.equal(img.subarray(8, 16).toString('hex'), '6400000000000000');
     assert.equal(img.subarray(0x400, 0x410).toString('hex'), 'ffffffffffffffffffffffff0f000000');
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.close();
   });
 
@@ -309,7 +309,7 @@ describe('the disk log on disk (§5)', () => {
     const m = await construct(ctx, 'disk 2 254:0 4096 2 254:1 0 254:2 0');
     await m.resume();
     assert.equal(m.status('info'), '2 254:1 254:2 32/32 1 AA 3 disk 254:0 A');
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.postsuspend();
     assert.deepEqual(await readBytes(log, 1536), fromXxd(EXAMPLE_E, 1536));
     await m.close();
@@ -328,7 +328,7 @@ describe('the disk log on disk (§5)', () => {
     const after = decodeLogImage(await readBytes(log, 1536));
     assert.equal(after.nrRegions, 128n);
     await until(() => syncProgress(m.status('info')).inSync === 128, 'sync');
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.close();
   });
 
@@ -347,7 +347,7 @@ describe('the disk log on disk (§5)', () => {
     const d = decodeLogImage(await readBytes(log, 1536));
     assert.equal(d.version, 3);
     assert.equal(d.clean(0), false);
-    await m.presuspend();
+    await m.presuspend({ noflush: false });
     await m.close();
   });
 });

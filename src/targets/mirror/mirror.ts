@@ -16,8 +16,9 @@ import { SECTOR_SIZE, type WriteOptions } from '../../block/device.ts';
 import { type Errno, IoError, toIoError } from '../../block/errors.ts';
 import { parseU32Wrapping } from '../../mapper/args.ts';
 import { inheritLimits } from '../../mapper/limits.ts';
+import { RequeueRequest } from '../../mapper/requeue.ts';
 import type {
-  DeviceArea, StatusType, Target, TargetContext, TargetLimits, TargetType,
+  DeviceArea, StatusType, SuspendOptions, Target, TargetContext, TargetLimits, TargetType,
 } from '../../mapper/target.ts';
 import { ctrError, lookupDevice, parseOffset } from '../common/dev-offset.ts';
 import { type TargetOp, isNotSupported, targetIoError, unsupported } from '../common/io.ts';
@@ -122,6 +123,8 @@ export class MirrorSet implements Target {
   /** The log could not be written: sticky for this table. */
   private logFailure = false;
   private suspended = false;
+  /** The suspend under way is --noflush: held writes go back to the core. */
+  private noflushSuspend = false;
   private closed = false;
 
   private reads: ReadBio[] = [];
@@ -505,16 +508,21 @@ export class MirrorSet implements Target {
 
   /**
    * hold_bio: keep the write unacknowledged until userspace reconfigures the
-   * mirror; once a suspend started it completes. Linux requeues it to the
-   * next table on a noflush suspend; dmkit's mapper has no requeue, so it
-   * fails with EIO either way.
+   * mirror; once a suspend started it completes: on a noflush suspend it is
+   * handed back to the core, which reissues it to the next table (as Linux
+   * requeues it), otherwise it fails with EIO.
    */
   private hold(bio: WriteBio): void {
     if (!this.suspended) {
       this.holds.push(bio);
       return;
     }
-    this.endWrite(bio, this.ioError('EIO', bio.kind, bio.sector, 'held write released by suspend'));
+    this.endWrite(
+      bio,
+      this.noflushSuspend
+        ? new RequeueRequest(this.ctx.deviceName, this.ctx.begin + bio.sector)
+        : this.ioError('EIO', bio.kind, bio.sector, 'held write released by suspend'),
+    );
   }
 
   // ---- status (§10) --------------------------------------------------------
@@ -547,8 +555,9 @@ export class MirrorSet implements Target {
    * recovered from quiescing, §11.5 #8); then the region being recovered is
    * finished, not aborted, and no new one is started.
    */
-  async presuspend(): Promise<void> {
+  async presuspend(opts: SuspendOptions): Promise<void> {
     this.suspended = true;
+    this.noflushSuspend = opts.noflush;
     for (const bio of this.holds.splice(0)) this.hold(bio);
     this.throttle.stop();
     await this.rh.stopRecovery();
