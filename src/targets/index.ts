@@ -5,6 +5,7 @@
  */
 import { TargetRegistry } from '../mapper/target-registry.ts';
 import type { TargetType } from '../mapper/target.ts';
+import { cloneTarget } from './clone/clone.ts';
 import { delayTarget } from './delay/delay.ts';
 import { errorTarget } from './error/error.ts';
 import { flakeyTarget } from './flakey/flakey.ts';
@@ -18,7 +19,7 @@ import { zeroTarget } from './zero/zero.ts';
 
 export const BUILTIN_TARGETS: readonly TargetType[] = [
   errorTarget, linearTarget, stripedTarget, zeroTarget, delayTarget, flakeyTarget, logWritesTarget,
-  mirrorTarget, thinPoolTarget, thinTarget,
+  mirrorTarget, thinPoolTarget, thinTarget, cloneTarget,
 ];
 
 export function builtinTargets(): TargetRegistry {
