@@ -9,6 +9,7 @@ import { cloneTarget } from './clone/clone.ts';
 import { delayTarget } from './delay/delay.ts';
 import { errorTarget } from './error/error.ts';
 import { flakeyTarget } from './flakey/flakey.ts';
+import { integrityTarget } from './integrity/integrity.ts';
 import { linearTarget } from './linear/linear.ts';
 import { logWritesTarget } from './log-writes/log-writes.ts';
 import { mirrorTarget } from './mirror/mirror.ts';
@@ -19,7 +20,7 @@ import { zeroTarget } from './zero/zero.ts';
 
 export const BUILTIN_TARGETS: readonly TargetType[] = [
   errorTarget, linearTarget, stripedTarget, zeroTarget, delayTarget, flakeyTarget, logWritesTarget,
-  mirrorTarget, thinPoolTarget, thinTarget, cloneTarget,
+  mirrorTarget, thinPoolTarget, thinTarget, cloneTarget, integrityTarget,
 ];
 
 export function builtinTargets(): TargetRegistry {
