@@ -78,7 +78,7 @@ export interface ExploreOptions {
   minimiseMs?: number;
 }
 
-export type CheckName = 'oracle' | 'open' | 'read-stability' | 'idempotence' | 'recovery-result' | 'checker' | 'lint';
+export type CheckName = 'oracle' | 'open' | 'read' | 'read-stability' | 'idempotence' | 'recovery-result' | 'checker' | 'lint';
 
 export interface Failure {
   readonly target: string;
@@ -260,13 +260,16 @@ async function checkState(
   const opened = await openOn(target, images, seed);
   if ('check' in opened) return opened;
   const { top, disks } = opened;
-  const got = await readAll(top);
+  const got = await readRecovered(top);
+  if (!Buffer.isBuffer(got)) return got;
   const v = run.model.check(cut, got);
   if (v) return { check: 'oracle', message: v };
   if (expect && !expect.equals(got)) {
     return { check: 'recovery-result', message: `recovering again after a crash during recovery gave other data (${firstDifference(expect, got)}) (R7)` };
   }
-  if (!(await readAll(top)).equals(got)) return { check: 'read-stability', message: 'reading the recovered device twice gave different data' };
+  const reread = await readRecovered(top);
+  if (!Buffer.isBuffer(reread)) return reread;
+  if (!reread.equals(got)) return { check: 'read-stability', message: 'reading the recovered device twice gave different data' };
   for (const checker of target.checkers ?? []) {
     const m = await checker({ top, disks, cut, recording: run.recording });
     if (m) return { check: 'checker', message: m };
@@ -274,11 +277,21 @@ async function checkState(
   // R7: recovering the just-recovered disks (power lost right after recovery) changes nothing.
   const second = await openOn(target, new Map(disks.map((d, i) => [i, d.crash({ volatile: 'none' })])), seed + 1);
   if ('check' in second) return { ...second, message: `second recovery: ${second.message}` };
-  const again = await readAll(second.top);
+  const again = await readRecovered(second.top);
+  if (!Buffer.isBuffer(again)) return { ...again, message: `second recovery: ${again.message}` };
   if (!again.equals(got)) {
     return { check: 'idempotence', message: `recovering twice differs from recovering once (${firstDifference(got, again)}) (R7)` };
   }
   return undefined;
+}
+
+/** Reads the whole recovered device; a failed read is a verdict, not an exception out of the explorer. */
+async function readRecovered(top: BlockDevice): Promise<Buffer | Verdict> {
+  try {
+    return await readAll(top);
+  } catch (err) {
+    return { check: 'read', message: `reading the recovered device failed: ${toIoError(err).message}` };
+  }
 }
 
 async function openOn(target: CrashTarget, images: ReadonlyMap<number, SparseImage>, seed: number): Promise<{ top: BlockDevice; disks: SimulatedDisk[] } | Verdict> {

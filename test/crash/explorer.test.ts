@@ -100,3 +100,25 @@ test('the I/O-error sweep finds a swallowed data flush error, and passes the fix
   const total = fixed.counts.reduce((n, c) => n + c.write + c.flush, 0);
   assert.equal(fixed.runs, total, 'every write and flush was failed once');
 });
+
+test('a recovered device whose reads fail is a reported failure, not an exception out of the explorer', async () => {
+  const inner = toyTarget();
+  let opens = 0;
+  const failingReads = {
+    ...inner,
+    name: 'toy-eio',
+    async open(...args: Parameters<typeof inner.open>) {
+      const top = await inner.open(...args);
+      if (opens++ === 0) return top; // the recorded run itself reads fine
+      return Object.assign(Object.create(top), {
+        read: () => Promise.reject(Object.assign(new Error('simulated medium error'), { code: 'EIO' })),
+      });
+    },
+  };
+  const r = await explore(failingReads, {
+    seed: 1, workload: workload(1), families: ['persistence'], defaultBudget: { states: 5, ms: 5000 }, lint: false, minimise: false,
+  });
+  assert.ok(r.failure);
+  assert.equal(r.failure.check, 'read');
+  assert.match(r.failure.message, /^reading the recovered device failed: simulated medium error/);
+});
