@@ -49,14 +49,23 @@ export class ByteReader {
     return this.total;
   }
 
+  /**
+   * Exactly `n` bytes at once, as a subarray of the receive buffer, when they
+   * arrived in one chunk; otherwise undefined and nothing is consumed. Lets a
+   * consumer parse every request already received without waiting a turn.
+   */
+  take(n: number): Buffer | undefined {
+    const first = this.chunks[0];
+    if (this.pending || !first || first.length - this.head < n) return undefined;
+    const out = first.subarray(this.head, this.head + n);
+    this.consumeFirst(n);
+    return out;
+  }
+
   /** Exactly `n` bytes; a subarray of the receive buffer when possible. */
   readExact(n: number): Promise<Buffer> {
-    const first = this.chunks[0];
-    if (first && first.length - this.head >= n) {
-      const out = first.subarray(this.head, this.head + n);
-      this.consumeFirst(n);
-      return Promise.resolve(out);
-    }
+    const ready = this.take(n);
+    if (ready) return Promise.resolve(ready);
     const target = Buffer.allocUnsafe(n);
     return this.readInto(target).then(() => target);
   }

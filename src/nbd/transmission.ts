@@ -2,9 +2,10 @@
  * The transmission phase of one server connection (spec §5, §8): a loop that
  * parses requests from the receive buffer and starts each one at once, so
  * many are in flight; each reply is one buffer written in one call (replies
- * go out in completion order and never interleave). The loop stops reading
- * while too many requests or bytes are in flight, or while the peer is not
- * reading its replies, which pushes back on the client through TCP.
+ * go out in completion order and never interleave; those completing together
+ * leave in one writev). The loop stops reading while too many requests or
+ * bytes are in flight, or while the peer is not reading its replies, which
+ * pushes back on the client through TCP.
  */
 import type { Socket } from 'node:net';
 import { type BlockDevice, type Extent, SECTOR_SIZE } from '../block/device.ts';
@@ -51,6 +52,8 @@ export class Transmission {
   private wake: (() => void) | undefined;
   private stopping = false;
   private dirty = false;
+  /** Replies are being gathered for one writev (send). */
+  private corked = false;
   private readonly dev: BlockDevice;
 
   constructor(
@@ -91,11 +94,11 @@ export class Transmission {
 
   private async receive(): Promise<void> {
     for (;;) {
-      await this.room();
+      if (this.full()) await this.room();
       let req: Request;
       let payload: Buffer | undefined;
       try {
-        req = decodeRequest(await this.reader.readExact(REQUEST_SIZE), 0);
+        req = decodeRequest(this.reader.take(REQUEST_SIZE) ?? await this.reader.readExact(REQUEST_SIZE), 0);
         if (req.magic !== REQUEST_MAGIC) return this.abort(`bad request magic 0x${req.magic.toString(16)}`);
         if (req.type === CMD_DISC) return;
         if (req.type === CMD_WRITE) {
@@ -106,7 +109,7 @@ export class Transmission {
               `len (${req.length}) is larger than max len (${MAX_PAYLOAD})`)));
             continue;
           }
-          payload = await this.reader.readExact(req.length);
+          payload = this.reader.take(req.length) ?? await this.reader.readExact(req.length);
         }
       } catch (err) {
         if (!(err instanceof StreamEnded)) throw err;
@@ -310,13 +313,16 @@ export class Transmission {
     return Math.max(lbs, this.dev.limits.maxTransfer - (this.dev.limits.maxTransfer % lbs));
   }
 
-  /** Runs `op` over [sector, sector+count) in pieces of at most `piece` sectors, concurrently. */
-  private async inPieces(sector: number, count: number, piece: number,
+  /**
+   * Runs `op` over [sector, sector+count) in pieces of at most `piece` sectors,
+   * concurrently. One piece, the usual case, is `op`'s own promise.
+   */
+  private inPieces(sector: number, count: number, piece: number,
     op: (s: number, n: number) => Promise<void>): Promise<void> {
     if (count <= piece) return op(sector, count);
     const all: Promise<void>[] = [];
     for (let s = sector; s < sector + count; s += piece) all.push(op(s, Math.min(piece, sector + count - s)));
-    await Promise.all(all);
+    return Promise.all(all).then(() => undefined);
   }
 
   private errorReply(r: Request, err: unknown): Buffer {
@@ -327,18 +333,39 @@ export class Transmission {
     return this.session.structured ? errorChunk(r.cookie, wire, io.message) : simpleReply(wire, r.cookie);
   }
 
+  /**
+   * Writes one reply. While other requests are in flight, replies are corked
+   * until the event loop's check phase, so those completing in the same loop
+   * iteration leave in one writev: one system call instead of one each, which
+   * is what a loopback send costs most of (bench/README.md). A lone request's
+   * reply goes out at once.
+   */
   private send(reply: Buffer): void {
-    if (!this.socket.destroyed) this.socket.write(reply);
+    if (this.socket.destroyed) return;
+    if (!this.corked && this.inFlight > 1) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncork);
+    }
+    this.socket.write(reply);
   }
 
-  /** Waits until another request may be read (spec §8.4: never buffer without bound). */
-  private async room(): Promise<void> {
-    while (!this.socket.destroyed && (
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  /** Too much in flight to read another request (spec §8.4: never buffer without bound). */
+  private full(): boolean {
+    return !this.socket.destroyed && (
       this.inFlight >= this.limits.maxInFlight ||
       this.inFlightBytes >= this.limits.maxInFlightBytes ||
-      this.socket.writableLength >= this.limits.maxInFlightBytes)) {
-      await this.waitForCompletion();
-    }
+      this.socket.writableLength >= this.limits.maxInFlightBytes);
+  }
+
+  /** Waits until another request may be read. */
+  private async room(): Promise<void> {
+    while (this.full()) await this.waitForCompletion();
   }
 
   private waitForCompletion(): Promise<void> {

@@ -402,6 +402,35 @@ describe('NBD server transmission (raw bytes)', () => {
     p.close();
   });
 
+  it('answers requests pipelined in one segment with the data of each one (replies gathered into one writev)', async () => {
+    const { p } = await transmission();
+    const n = 48;
+    const writes = Array.from({ length: n }, (_, i) => {
+      const h = Buffer.alloc(28);
+      encodeRequest(h, 0, { flags: 0, type: CMD_WRITE, cookie: BigInt(i), offset: i * 4096, length: 4096 });
+      return [h, Buffer.alloc(4096, 0x20 + i)];
+    });
+    p.send(Buffer.concat(writes.flat()));
+    for (let i = 0; i < n; i++) assert.equal(errnoOf(await reply(p)), 0);
+    const reads = Array.from({ length: n }, (_, i) => {
+      const h = Buffer.alloc(28);
+      encodeRequest(h, 0, { flags: 0, type: CMD_READ, cookie: BigInt(1000 + i), offset: i * 4096, length: 4096 });
+      return h;
+    });
+    p.send(Buffer.concat(reads));
+    const seen = new Set<bigint>();
+    for (let k = 0; k < n; k++) {
+      const c = await reply(p);
+      assert.equal(c.type, REPLY_TYPE_OFFSET_DATA);
+      const i = Number(c.cookie) - 1000;
+      assert.ok(i >= 0 && i < n && !seen.has(c.cookie), `unexpected or repeated cookie ${c.cookie}`);
+      seen.add(c.cookie);
+      assert.equal(Number(c.payload.readBigUInt64BE(0)), i * 4096);
+      assert.ok(c.payload.subarray(8).equals(Buffer.alloc(4096, 0x20 + i)), `data of read ${i}`);
+    }
+    p.close();
+  });
+
   it('ends the connection on bad magic, a huge WRITE, or EOF mid-payload, and keeps serving others', async () => {
     const { p } = await transmission();
     const bad = Buffer.alloc(28);
