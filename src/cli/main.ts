@@ -13,7 +13,7 @@ import { type CliIo, type Command, Context, errorMessage, usageError } from './c
 import { clear, create, load, message, reload, remove, resume, suspend, wait } from './device-commands.ts';
 import { deps, info, ls, status, table } from './query-commands.ts';
 import { serve } from './serve-command.ts';
-import { replayLog } from './tool-commands.ts';
+import { replayLog, thin } from './tool-commands.ts';
 
 const GLOBAL_OPTIONS = {
   socket: { type: 'string' },
@@ -42,7 +42,7 @@ const help: Command = {
 };
 
 const COMMANDS = new Map<string, Command>(
-  [serve, create, load, reload, suspend, resume, clear, remove, ls, info, table, status, deps, message, wait, targets, version, replayLog, help]
+  [serve, create, load, reload, suspend, resume, clear, remove, ls, info, table, status, deps, message, wait, targets, version, replayLog, thin, help]
     .map((c) => [c.name, c]),
 );
 

@@ -1,39 +1,62 @@
 /**
  * The embedded default: what `dmkit serve` creates on a data dir with no
- * state and no config, so that a first start serves something useful. Two
- * sparse 1 GiB backing files, and two 1 GiB devices that use every sector of
- * them without overlapping:
+ * state and no config, so that a first start serves something useful. A
+ * thin pool in two sparse files, and one thin volume on it:
  *
- *   dmkit0  linear:  first half of disk0, then first half of disk1
- *   dmkit1  striped: 2 stripes of 64 KiB chunks over the second halves
+ *   pool   thin-pool: 64 MiB metadata (thin-meta.img), 4 GiB data
+ *          (thin-data.img), 64 KiB blocks
+ *   vol0   thin: 2 GiB volume, thin device 0 of the pool
+ *
+ * The volume's create_thin is done here, on the metadata file, only when
+ * that file is still blank; a data dir whose metadata exists (state.json
+ * gone, say) is reopened as it is, never reformatted.
  */
 import { join } from 'node:path';
 import { FileDevice } from '../block/file-device.ts';
+import { ThinMetadata } from '../pdata/thin/metadata.ts';
 import type { ConfigDevice } from './config.ts';
 
-const DISK_SECTORS = 2 * 1024 * 1024; // 1 GiB
-const HALF = DISK_SECTORS / 2;
+const META_SECTORS = 64 * 2048; // 64 MiB
+const DATA_SECTORS = 4 * 1024 * 2048; // 4 GiB
+const BLOCK_SECTORS = 128; // 64 KiB
+const LOW_WATER_BLOCKS = 1024; // 64 MiB left: dmkit wait pool wakes up
+const VOLUME_SECTORS = 2 * 1024 * 2048; // 2 GiB
+const VOLUME_ID = 0;
 
-/** Creates the backing files when missing and returns the devices. */
+/** Creates the backing files when missing, the volume on fresh metadata, and returns the devices. */
 export async function defaultDevices(dataDir: string): Promise<ConfigDevice[]> {
-  const disk0 = join(dataDir, 'disk0.img');
-  const disk1 = join(dataDir, 'disk1.img');
-  await createSparse(disk0, DISK_SECTORS);
-  await createSparse(disk1, DISK_SECTORS);
+  const meta = join(dataDir, 'thin-meta.img');
+  const data = join(dataDir, 'thin-data.img');
+  await createSparse(data, DATA_SECTORS);
+  await prepareMetadata(meta);
   return [
     {
-      name: 'dmkit0',
+      name: 'pool',
       uuid: '',
       readOnly: false,
-      table: [`0 ${HALF} linear ${disk0} 0`, `${HALF} ${HALF} linear ${disk1} 0`],
+      table: [`0 ${DATA_SECTORS} thin-pool ${meta} ${data} ${BLOCK_SECTORS} ${LOW_WATER_BLOCKS}`],
     },
     {
-      name: 'dmkit1',
+      name: 'vol0',
       uuid: '',
       readOnly: false,
-      table: [`0 ${DISK_SECTORS} striped 2 128 ${disk0} ${HALF} ${disk1} ${HALF}`],
+      table: [`0 ${VOLUME_SECTORS} thin /dev/mapper/pool ${VOLUME_ID}`],
     },
   ];
+}
+
+/** Formats blank metadata and creates thin device 0 in it (create_thin, committed); existing metadata is left alone. */
+async function prepareMetadata(path: string): Promise<void> {
+  const device = await FileDevice.open(path, { sectors: META_SECTORS });
+  try {
+    if (!(await ThinMetadata.isBlank(device))) return;
+    const md = await ThinMetadata.format(device, { dataBlockSize: BLOCK_SECTORS, nrDataBlocks: DATA_SECTORS / BLOCK_SECTORS });
+    await md.createThin(VOLUME_ID);
+    await md.commit();
+    await md.close();
+  } finally {
+    await device.close();
+  }
 }
 
 /** FileDevice creates the file, or extends a shorter one sparsely; a longer one is left alone. */

@@ -329,18 +329,32 @@ describe('dmkit serve start-up', () => {
     }
   });
 
-  it('creates the embedded default on an empty data dir', async () => {
+  it('creates the embedded default on an empty data dir, and reopens it unchanged', async () => {
     const data = join(dir, 'default-data');
-    const served = await serve(['--data-dir', data]);
+    const cli = (...args: string[]) => run(process.execPath, [BIN, '--data-dir', data, ...args]);
+    let served = await serve(['--data-dir', data]);
     try {
       assert.match(served.ready, /^dmkit: serving 2 devices on /);
-      for (const f of ['disk0.img', 'disk1.img']) assert.equal((await stat(join(data, f))).size, 1024 * 1024 * 1024);
-      const table = await run(process.execPath, [BIN, '--data-dir', data, 'table']);
-      assert.deepEqual(table, {
-        stdout: 'dmkit0: 0 1048576 linear 7:0 0\ndmkit0: 1048576 1048576 linear 7:1 0\ndmkit1: 0 2097152 striped 2 128 7:0 1048576 7:1 1048576\n',
+      assert.equal((await stat(join(data, 'thin-meta.img'))).size, 64 * 1024 * 1024);
+      assert.equal((await stat(join(data, 'thin-data.img'))).size, 4 * 1024 * 1024 * 1024);
+      assert.deepEqual(await cli('table'), {
+        stdout: 'pool: 0 8388608 thin-pool 7:0 7:1 128 1024 0 \nvol0: 0 4194304 thin 253:0 0\n',
         stderr: '',
         status: 0,
       });
+      assert.match((await cli('status', 'pool')).stdout, /^0 8388608 thin-pool 0 \d+\/16384 0\/65536 - rw discard_passdown queue_if_no_space - 1024 \n$/);
+      assert.equal((await cli('status', 'vol0')).stdout, '0 4194304 thin 0 -\n');
+      assert.equal((await cli('message', 'pool', '0', 'create_thin', '1')).status, 0);
+    } finally {
+      assert.equal(await stop(served), 0);
+    }
+    // state.json recreates both devices on the same metadata: thin device 1 is still there.
+    served = await serve(['--data-dir', data]);
+    try {
+      assert.match(served.ready, /^dmkit: serving 2 devices on /);
+      const again = await cli('message', 'pool', '0', 'create_thin', '1');
+      assert.equal(again.status, 1);
+      assert.match(again.stderr, /Creation of new thinly-provisioned device with id 1 failed/);
     } finally {
       assert.equal(await stop(served), 0);
     }
