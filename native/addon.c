@@ -9,6 +9,17 @@
  *       name (EOPNOTSUPP, ENXIO, ...), `errno` its negative number as in
  *       Node's own system errors, and `syscall` the call.
  *
+ *   readNowait(fd, buf, position)   preadv2(RWF_NOWAIT)
+ *       synchronous, on the calling (main) thread: the kernel copies only
+ *       what is already in the page cache, never starts or waits for I/O,
+ *       and answers EAGAIN when the first page is not cached, so the caller
+ *       never blocks and goes to the thread pool instead. Returns the bytes
+ *       read (possibly fewer than asked) or -errno (EOPNOTSUPP where the
+ *       file system has no RWF_NOWAIT reads: tmpfs on Linux 6.18).
+ *       No write twin: buffered pwritev2(RWF_NOWAIT) answers EOPNOTSUPP on
+ *       ext4 and tmpfs here (bench/README.md), so it would only add a
+ *       system call to every write.
+ *
  *   crc32cRaw(buf, register, useTable)   synchronous, see crc32c.h
  *   crc32cHardware                       true when SSE4.2 is used
  */
@@ -21,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -211,6 +223,37 @@ static napi_value seek_hole(napi_env env, napi_callback_info info)
 	return queue_file_work(env, info, OP_SEEK_HOLE);
 }
 
+/* ---- positional I/O that never waits ---- */
+
+static napi_value read_nowait(napi_env env, napi_callback_info info)
+{
+	size_t argc = 3;
+	napi_value argv[3], out;
+	napi_typedarray_type type;
+	bool is_typed = false;
+	struct iovec iov;
+	int64_t position;
+	ssize_t n;
+	int fd;
+
+	NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 3 || napi_is_typedarray(env, argv[1], &is_typed) != napi_ok || !is_typed) {
+		napi_throw_type_error(env, "EINVAL", "(fd, buf, position): buf must be a Uint8Array");
+		return NULL;
+	}
+	if (!get_fd(env, argv[0], &fd) || !get_offset(env, argv[2], "position", &position))
+		return NULL;
+	NAPI_CALL(env, napi_get_typedarray_info(env, argv[1], &type, &iov.iov_len, &iov.iov_base, NULL, NULL));
+	if (type != napi_uint8_array) {
+		napi_throw_type_error(env, "EINVAL", "(fd, buf, position): buf must be a Uint8Array");
+		return NULL;
+	}
+	n = preadv2(fd, &iov, 1, position, RWF_NOWAIT);
+	NAPI_CALL(env, napi_create_double(env, n < 0 ? -(double)errno : (double)n, &out));
+	return out;
+}
+
+
 /* ---- crc32c ---- */
 
 static napi_value crc32c_raw_js(napi_env env, napi_callback_info info)
@@ -255,6 +298,7 @@ NAPI_MODULE_INIT()
 	EXPORT_FN("punchHole", punch_hole);
 	EXPORT_FN("seekData", seek_data);
 	EXPORT_FN("seekHole", seek_hole);
+	EXPORT_FN("readNowait", read_nowait);
 	EXPORT_FN("crc32cRaw", crc32c_raw_js);
 #undef EXPORT_FN
 	NAPI_CALL(env, napi_get_boolean(env, crc32c_hardware(), &flag));

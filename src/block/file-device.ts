@@ -7,7 +7,12 @@
  * Positional I/O uses the callback form of fs.read/fs.write: it costs less per
  * request than FileHandle.read/write (bench/micro/file-device.ts measures
  * both). Hole punching and SEEK_DATA/SEEK_HOLE come from the native addon;
- * everything runs on libuv's thread pool.
+ * everything runs on libuv's thread pool, except that a read first tries
+ * preadv2(RWF_NOWAIT) on the main thread: the kernel then copies what the
+ * page cache holds and answers EAGAIN rather than start or wait for any
+ * I/O, so the event loop still never blocks (ARCHITECTURE §9) and a cached
+ * read skips the pool's round trip (two thread wake-ups). Whatever it could
+ * not read goes to the pool as before.
  *
  * Size: a regular file's comes from fstat. A block device's st_size is 0 and
  * Node cannot issue the BLKGETSIZE64 ioctl nor lseek(SEEK_END), so it is read
@@ -18,7 +23,8 @@ import { constants, close, fdatasync, fstat, ftruncate, open, read, write } from
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
-import { punchHole, seekData, seekHole } from '../native/index.ts';
+import { constants as osConstants } from 'node:os';
+import { punchHole, readNowait, seekData, seekHole } from '../native/index.ts';
 import {
   type BlockDevice, type Extent, type Limits, type WriteOptions, type WriteZeroesOptions,
   SECTOR_SIZE, checkBuffer, checkRequest, makeLimits,
@@ -73,6 +79,19 @@ export class FileDevice implements BlockDevice {
   private closing: Promise<void> | undefined;
   private inflight = 0;
   private drained: (() => void) | undefined;
+  /** preadv2(RWF_NOWAIT) works here; the first EOPNOTSUPP (tmpfs) turns it off. */
+  private nowaitReads = true;
+  /**
+   * One byte range [start, end) SEEK_DATA/SEEK_HOLE last found to be data.
+   * Writes never turn data into a hole, so it stays true until a hole is
+   * punched into it (discard, write-zeroes with unmap), which drops it. On
+   * tmpfs SEEK_HOLE walks the page cache up to the next hole, milliseconds
+   * for a large file, and the NBD server asks for extents before each large
+   * read: this answers those from memory (qemu's file-posix does the same).
+   */
+  private knownData: { start: number; end: number } | undefined;
+  /** Holes punched so far: a walk that saw one land meanwhile caches nothing. */
+  private punches = 0;
 
   private constructor(path: string, name: string, fd: number, geometry: Geometry, readOnly: boolean) {
     this.path = path;
@@ -164,6 +183,7 @@ export class FileDevice implements BlockDevice {
     try {
       checkRequest(this, 'discard', sector, count);
       if (!(await this.punch('discard', sector, count))) await this.fillZeroes(sector, count);
+      this.forgetData(sector, count);
     } finally {
       this.end();
     }
@@ -175,6 +195,7 @@ export class FileDevice implements BlockDevice {
       checkRequest(this, 'write-zeroes', sector, count);
       const punched = opts.mayUnmap === true && (await this.punch('write-zeroes', sector, count));
       if (!punched) await this.fillZeroes(sector, count);
+      if (punched) this.forgetData(sector, count);
       if (opts.fua) await this.sync('write-zeroes', sector);
     } finally {
       this.end();
@@ -198,6 +219,14 @@ export class FileDevice implements BlockDevice {
         if (to > from) out.push({ sector: from, count: to - from, hole, zero: hole });
       };
       for (let s = sector; s < end; ) {
+        const known = this.knownData;
+        if (known && known.start <= s * SECTOR_SIZE && s * SECTOR_SIZE < known.end) {
+          const to = Math.min(end, Math.ceil(known.end / SECTOR_SIZE));
+          push(s, to, false);
+          s = to;
+          continue;
+        }
+        const punches = this.punches;
         const data = await this.seek(seekData, s);
         const dataSector = data === undefined ? end : Math.min(end, Math.floor(data / SECTOR_SIZE));
         push(s, dataSector, true);
@@ -205,6 +234,10 @@ export class FileDevice implements BlockDevice {
         const hole = await this.seek(seekHole, dataSector);
         // At least one sector, so a file changing under us cannot stall the walk.
         const holeSector = hole === undefined ? end : Math.min(end, Math.max(dataSector + 1, Math.ceil(hole / SECTOR_SIZE)));
+        // Remember what the file system said (bytes [data, hole)), not the clipped walk.
+        if (data !== undefined && hole !== undefined && hole > data && punches === this.punches) {
+          this.knownData = { start: data, end: hole };
+        }
         push(dataSector, holeSector, false);
         s = holeSector;
       }
@@ -212,6 +245,17 @@ export class FileDevice implements BlockDevice {
     } finally {
       this.end();
     }
+  }
+
+  /**
+   * Drops the cached data range if [sector, sector+count) may now hold a hole.
+   * Called after the punch completed; a walk whose seeks overlapped it does
+   * not cache what it found (the punch count moved).
+   */
+  private forgetData(sector: number, count: number): void {
+    this.punches++;
+    const k = this.knownData;
+    if (k && sector * SECTOR_SIZE < k.end && (sector + count) * SECTOR_SIZE > k.start) this.knownData = undefined;
   }
 
   /**
@@ -255,10 +299,12 @@ export class FileDevice implements BlockDevice {
    */
   private transfer(op: 'read' | 'write', sector: number, buf: Buffer): Promise<void> {
     const position = sector * SECTOR_SIZE;
+    const cached = op === 'read' && this.nowaitReads ? this.readCached(buf, position) : 0;
+    if (cached === buf.length) return Promise.resolve();
     const io = op === 'read' ? readAt : writeAt;
     this.inflight++;
     return new Promise((resolve, reject) => {
-      let done = 0;
+      let done = cached;
       const moved = (err: NodeJS.ErrnoException | null, n: number) => {
         if (!err && n > 0 && done + n < buf.length) {
           done += n;
@@ -278,8 +324,19 @@ export class FileDevice implements BlockDevice {
           reject(new IoError('EIO', msg, { device: this.name, sector }));
         }
       };
-      io(this.fd, buf, 0, position, moved);
+      io(this.fd, buf, done, position + done, moved);
     });
+  }
+
+  /**
+   * The bytes of a read the page cache holds, read on this thread without
+   * waiting (preadv2 RWF_NOWAIT); 0 on EAGAIN and on any error, which the
+   * thread pool's read then meets and reports.
+   */
+  private readCached(buf: Buffer, position: number): number {
+    const n = readNowait(this.fd, buf, position);
+    if (n === -osConstants.errno.EOPNOTSUPP) this.nowaitReads = false;
+    return Math.max(n, 0);
   }
 
   /** Writes zeroes from the shared buffer, at most ZERO_CHUNK bytes at a time. */

@@ -1,7 +1,8 @@
 /**
  * The native helpers (native/addon.c, built by node-gyp into build/Release
  * during `npm ci`): hole punching and SEEK_DATA/SEEK_HOLE on libuv's thread
- * pool, and CRC-32C with SSE4.2 when the CPU has it.
+ * pool, page-cache reads that never wait, and CRC-32C with SSE4.2 when the
+ * CPU has it.
  */
 import { createRequire } from 'node:module';
 
@@ -9,6 +10,7 @@ interface NativeAddon {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
   seekData(fd: number, offset: number): Promise<number>;
   seekHole(fd: number, offset: number): Promise<number>;
+  readNowait(fd: number, buf: Uint8Array, position: number): number;
   crc32cRaw(buf: Uint8Array, register: number, useTable: boolean): number;
   readonly crc32cHardware: boolean;
 }
@@ -44,6 +46,17 @@ export function seekData(fd: number, offset: number): Promise<number> {
 /** lseek(fd, offset, SEEK_HOLE): the first hole byte at or after offset (end of file counts as a hole). */
 export function seekHole(fd: number, offset: number): Promise<number> {
   return addon.seekHole(fd, offset);
+}
+
+/**
+ * preadv2(fd, buf, position, RWF_NOWAIT), synchronously on the calling thread:
+ * reads what the page cache already holds without ever waiting for I/O.
+ * Returns the bytes read, fewer than asked (even 0) when only a prefix is
+ * cached or at end of file, or a negative errno: -EAGAIN when the first page
+ * is not cached, -EOPNOTSUPP where the file system does not support it.
+ */
+export function readNowait(fd: number, buf: Uint8Array, position: number): number {
+  return addon.readNowait(fd, buf, position);
 }
 
 /**

@@ -39,8 +39,13 @@ export interface Session {
   readonly structured: boolean;
   /** Context id of base:allocation if it was selected for this export. */
   readonly allocationContext: number | undefined;
-  /** The client asked for NBD_INFO_BLOCK_SIZE in GO, so it promised to obey it. */
-  readonly blockSizeRequested: boolean;
+  /**
+   * The minimum block size this client promised to obey: the one advertised
+   * if it asked for NBD_INFO_BLOCK_SIZE in GO (spec §3.6), else 1. Requests
+   * not aligned to the device's logical block size from a client bound to 1
+   * are served by read-modify-write (transmission.ts, spec §8.2 item 9).
+   */
+  readonly minimumBlockSize: number;
   readonly flags: number;
 }
 
@@ -48,6 +53,8 @@ export interface HandshakeLink {
   readonly socket: Socket;
   readonly reader: ByteReader;
   readonly provider: ExportProvider;
+  /** Advertise the device's logical block size as the minimum (see blockSizes). */
+  readonly strictBlockSize: boolean;
   /** True once the server is closing: options then get ERR_SHUTDOWN (spec §3.7). */
   shuttingDown(): boolean;
 }
@@ -57,10 +64,20 @@ class Disconnect {
   constructor(readonly reason: string) {}
 }
 
-/** Block sizes advertised for a device (min = logical block, preferred ≥ 4096, max ≤ 32 MiB). */
-export function blockSizes(dev: BlockDevice): BlockSizes {
-  const minimum = dev.limits.logicalBlockSize;
-  const preferred = Math.max(4096, dev.limits.physicalBlockSize);
+/**
+ * Block sizes advertised for a device: preferred ≥ 4096 and the logical block
+ * size, max ≤ 32 MiB. The minimum is 1 because the server takes requests of
+ * any alignment (read-modify-write, transmission.ts), as qemu-nbd over a
+ * buffered file and nbdkit's plugins without constraints do; libnbd (nbdfuse,
+ * nbdcopy) asks for block sizes and then refuses, on the client side, any
+ * request below the minimum it was given, so advertising the logical block
+ * size would break nbdfuse, whose FUSE writes arrive as the application made
+ * them. `strict` advertises the logical block size instead, binding the
+ * clients that ask for it (they then get EINVAL for misaligned requests).
+ */
+export function blockSizes(dev: BlockDevice, strict: boolean): BlockSizes {
+  const minimum = strict ? dev.limits.logicalBlockSize : 1;
+  const preferred = Math.max(4096, dev.limits.logicalBlockSize, dev.limits.physicalBlockSize);
   const transfer = Math.min(dev.limits.maxTransfer * SECTOR_SIZE, MAX_PAYLOAD);
   // Clients reject max < preferred (qemu) or max not a multiple of min (libnbd);
   // the server splits larger requests at maxTransfer anyway.
@@ -193,7 +210,7 @@ class Negotiation {
     if (!handle) throw new Disconnect(`export '${name}' not present`);
     const flags = transmissionFlags(handle, this.structured);
     this.link.socket.write(encodeExportNameReply(handle.device.sectors * SECTOR_SIZE, flags, this.noZeroes));
-    return this.session(name, handle, flags, false);
+    return this.session(name, handle, flags, 1);
   }
 
   /*
@@ -225,13 +242,14 @@ class Negotiation {
       this.reply(opt, REP_INFO, encodeInfoString(INFO_DESCRIPTION, truncateUtf8(handle.description, MAX_STRING).toString('utf8')));
     }
     // Sent whether requested or not, as qemu does: it binds only clients that asked.
-    this.reply(opt, REP_INFO, encodeInfoBlockSize(blockSizes(dev)));
+    const sizes = blockSizes(dev, this.link.strictBlockSize);
+    this.reply(opt, REP_INFO, encodeInfoBlockSize(sizes));
     this.reply(opt, REP_ACK);
     if (opt === OPT_INFO) {
       handle.release();
       return 'continue';
     }
-    return this.session(name, handle, flags, requested.has(INFO_BLOCK_SIZE));
+    return this.session(name, handle, flags, requested.has(INFO_BLOCK_SIZE) ? sizes.minimum : 1);
   }
 
   /*
@@ -266,7 +284,7 @@ class Negotiation {
     if (set) this.meta = { exportName, allocation };
   }
 
-  private session(name: string, handle: ExportHandle, flags: number, blockSizeRequested: boolean): Session {
+  private session(name: string, handle: ExportHandle, flags: number, minimumBlockSize: number): Session {
     const resolved = this.resolve(name);
     const allocation = this.structured && this.meta?.allocation === true && this.meta.exportName === resolved;
     return {
@@ -274,7 +292,7 @@ class Negotiation {
       handle,
       structured: this.structured,
       allocationContext: allocation ? BASE_ALLOCATION_ID : undefined,
-      blockSizeRequested,
+      minimumBlockSize,
       flags,
     };
   }

@@ -19,6 +19,13 @@ export interface NbdServerOptions {
   limits?: Partial<TransmissionLimits>;
   /** From accept to a chosen export; slower clients are disconnected (spec §13). Default 30 s. */
   handshakeTimeoutMs?: number;
+  /**
+   * Advertise each device's logical block size as the minimum block size and
+   * refuse misaligned requests with EINVAL from the clients that asked for it
+   * (as nbdkit's blocksize-policy filter with error-policy=error). Default:
+   * minimum 1, every misaligned request served by read-modify-write.
+   */
+  strictBlockSize?: boolean;
 }
 
 /** One accepted socket: in the handshake until `transmission` is set. */
@@ -34,12 +41,14 @@ export class NbdServer {
   private readonly log: NbdLogger;
   private readonly limits: TransmissionLimits;
   private readonly handshakeTimeoutMs: number;
+  private readonly strictBlockSize: boolean;
   private closing = false;
 
   constructor(private readonly provider: ExportProvider, opts: NbdServerOptions = {}) {
     this.log = opts.logger ?? quietLogger;
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    this.strictBlockSize = opts.strictBlockSize ?? false;
   }
 
   /** Starts a listener; resolves with the bound address (the real port when asked for port 0). */
@@ -121,7 +130,9 @@ export class NbdServer {
     }, this.handshakeTimeoutMs);
     let session;
     try {
-      session = await negotiate({ socket, reader, provider: this.provider, shuttingDown: () => this.closing });
+      session = await negotiate({
+        socket, reader, provider: this.provider, strictBlockSize: this.strictBlockSize, shuttingDown: () => this.closing,
+      });
     } catch (err) {
       if (err instanceof StreamEnded) return;
       throw err;

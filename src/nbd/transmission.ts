@@ -5,7 +5,9 @@
  * go out in completion order and never interleave; those completing together
  * leave in one writev). The loop stops reading while too many requests or
  * bytes are in flight, or while the peer is not reading its replies, which
- * pushes back on the client through TCP.
+ * pushes back on the client through TCP. Requests not aligned to the
+ * device's logical block size are served by read-modify-write (unaligned.ts)
+ * unless the client promised to align them.
  */
 import type { Socket } from 'node:net';
 import { type BlockDevice, type Extent, SECTOR_SIZE } from '../block/device.ts';
@@ -23,6 +25,7 @@ import {
   type ReadSegment, type StatusExtent, blockStatusChunk, errorChunk, noneChunk, simpleReadReply,
   simpleReply, structuredReadReply,
 } from './replies.ts';
+import { alignedCover, isAligned, rmwLock, splitUnaligned } from './unaligned.ts';
 
 export interface TransmissionLimits {
   /** Requests in flight per connection before the socket stops being read. */
@@ -168,8 +171,8 @@ export class Transmission {
       if (this.session.allocationContext === undefined) throw new IoError('EINVAL', 'CMD_BLOCK_STATUS not negotiated');
       if (r.length === 0) throw new IoError('EINVAL', 'need non-zero length');
     }
-    const align = this.dev.limits.logicalBlockSize;
-    if (ranged && (r.offset % align !== 0 || r.length % align !== 0)) {
+    const align = this.session.minimumBlockSize;
+    if (ranged && !isAligned(r.offset, r.length, align)) {
       throw new IoError('EINVAL', `request ${r.offset}+${r.length} is not aligned to the ${align}-byte minimum block size`);
     }
   }
@@ -184,16 +187,21 @@ export class Transmission {
   }
 
   private async execute(r: Request, payload: Buffer | undefined): Promise<Buffer> {
+    const fua = (r.flags & CMD_FLAG_FUA) !== 0;
+    const aligned = isAligned(r.offset, r.length, this.dev.limits.logicalBlockSize);
     const sector = r.offset / SECTOR_SIZE;
     const count = r.length / SECTOR_SIZE;
-    const fua = (r.flags & CMD_FLAG_FUA) !== 0;
     switch (r.type) {
       case CMD_READ:
-        return this.read(r, sector);
+        return this.read(r, aligned);
       case CMD_WRITE:
-        if (count > 0) {
-          this.dirty = true;
-          await this.writeData(sector, payload!, fua);
+        if (r.length === 0) break;
+        this.dirty = true;
+        if (aligned) await this.writeData(sector, payload!, fua);
+        else {
+          await this.modifyUnaligned(r.offset, r.length, fua,
+            (block, at, from, n) => payload!.copy(block, at, from, from + n),
+            (s, n, native) => this.writeSectors(s, payload!.subarray(s * SECTOR_SIZE - r.offset, (s + n) * SECTOR_SIZE - r.offset), native));
         }
         break;
       case CMD_FLUSH:
@@ -201,24 +209,33 @@ export class Transmission {
         // this export, so a FLUSH here covers them all (CAN_MULTI_CONN, R6).
         await this.dev.flush();
         break;
-      case CMD_TRIM:
-        if (count > 0) {
-          this.dirty = true;
-          await this.inPieces(sector, count, ZERO_PIECE_SECTORS, (s, n) => this.dev.discard(s, n));
-          if (fua) await this.dev.flush();
-        }
+      case CMD_TRIM: {
+        // TRIM is a hint that may be rounded inwards (spec §5.7): partial blocks stay as they are.
+        if (r.length === 0) break;
+        const { start, end } = splitUnaligned(r.offset, r.length, this.dev.limits.logicalBlockSize);
+        if (end === start) break;
+        this.dirty = true;
+        await this.inPieces(start / SECTOR_SIZE, (end - start) / SECTOR_SIZE, ZERO_PIECE_SECTORS, (s, n) => this.dev.discard(s, n));
+        if (fua) await this.dev.flush();
         break;
-      case CMD_WRITE_ZEROES:
+      }
+      case CMD_WRITE_ZEROES: {
         if (r.flags & CMD_FLAG_FAST_ZERO && !this.dev.limits.writeZeroes) {
           throw new IoError('ENOTSUP', `export '${this.exportName}' cannot write zeroes faster than data`);
         }
-        if (count > 0) {
-          this.dirty = true;
-          await this.writeZeroes(sector, count, (r.flags & CMD_FLAG_NO_HOLE) === 0, fua);
+        if (r.length === 0) break;
+        this.dirty = true;
+        const mayUnmap = (r.flags & CMD_FLAG_NO_HOLE) === 0;
+        if (aligned) await this.writeZeroes(sector, count, mayUnmap, fua);
+        else {
+          await this.modifyUnaligned(r.offset, r.length, fua,
+            (block, at, _from, n) => block.fill(0, at, at + n),
+            (s, n, native) => this.zeroSectors(s, n, mayUnmap, native));
         }
         break;
+      }
       case CMD_BLOCK_STATUS:
-        return this.blockStatus(r, sector, count);
+        return this.blockStatus(r);
       case CMD_CACHE:
         break; // a prefetch hint; the range check above is all it needs
     }
@@ -226,19 +243,60 @@ export class Transmission {
   }
 
   /** Allocates the whole reply once and reads device data straight into its payload. */
-  private async read(r: Request, sector: number): Promise<Buffer> {
+  private async read(r: Request, aligned: boolean): Promise<Buffer> {
     if (!this.session.structured) {
       const { reply, data } = simpleReadReply(r.cookie, r.length);
-      if (r.length > 0) await this.readData(sector, data);
+      if (r.length > 0) await this.readBytes(r.offset, data);
       return reply;
     }
     if (r.length === 0) return noneChunk(r.cookie);
-    const segments = r.flags & CMD_FLAG_DF || r.length < HOLE_READ_MIN
+    const segments = r.flags & CMD_FLAG_DF || r.length < HOLE_READ_MIN || !aligned
       ? [{ offset: r.offset, length: r.length, hole: false }]
       : await this.readSegments(r.offset, r.length);
     const { reply, data } = structuredReadReply(r.cookie, segments);
-    await Promise.all(segments.map((s, i) => (s.hole ? undefined : this.readData(s.offset / SECTOR_SIZE, data[i]!))));
+    await Promise.all(segments.map((s, i) => (s.hole ? undefined : this.readBytes(s.offset, data[i]!))));
     return reply;
+  }
+
+  /** Reads bytes at any offset: an unaligned range is read as its covering blocks and copied out. */
+  private async readBytes(offset: number, into: Buffer): Promise<void> {
+    const { start, end } = alignedCover(offset, into.length, this.dev.limits.logicalBlockSize);
+    if (start === offset && end === offset + into.length) return this.readData(offset / SECTOR_SIZE, into);
+    const cover = Buffer.allocUnsafe(end - start);
+    await this.readData(start / SECTOR_SIZE, cover);
+    cover.copy(into, 0, offset - start, offset - start + into.length);
+  }
+
+  /**
+   * A WRITE or WRITE_ZEROES of a byte range not aligned to the logical block
+   * size, under the export's read-modify-write lock (unaligned.ts): each
+   * partly covered block is read, `patch`ed with the request's bytes
+   * [from, from+n) at `at`, and written back; the whole blocks between go to
+   * `middle`. All of it carries the request's FUA.
+   */
+  private async modifyUnaligned(
+    offset: number, length: number, fua: boolean,
+    patch: (block: Buffer, at: number, from: number, n: number) => void,
+    middle: (sector: number, count: number, nativeFua: boolean) => Promise<void>,
+  ): Promise<void> {
+    const align = this.dev.limits.logicalBlockSize;
+    const native = fua && this.dev.limits.fua;
+    const split = splitUnaligned(offset, length, align);
+    const edge = async (blockStart: number): Promise<void> => {
+      const block = Buffer.allocUnsafe(align);
+      await this.dev.read(blockStart / SECTOR_SIZE, block);
+      const from = Math.max(blockStart, offset);
+      patch(block, from - blockStart, from - offset, Math.min(blockStart + align, offset + length) - from);
+      await this.dev.write(blockStart / SECTOR_SIZE, block, native ? { fua: true } : undefined);
+    };
+    await rmwLock(this.dev).run(async () => {
+      const work: Promise<void>[] = [];
+      if (split.head !== undefined) work.push(edge(split.head));
+      if (split.end > split.start) work.push(middle(split.start / SECTOR_SIZE, (split.end - split.start) / SECTOR_SIZE, native));
+      if (split.tail !== undefined) work.push(edge(split.tail));
+      await Promise.all(work);
+    });
+    await this.emulateFua(fua);
   }
 
   /** Splits a READ into data and hole chunks following the device's extents (spec §5.6). */
@@ -260,19 +318,29 @@ export class Transmission {
     return segments;
   }
 
-  private async blockStatus(r: Request, sector: number, count: number): Promise<Buffer> {
+  /**
+   * Extents of the covering blocks, the first shortened to start at the
+   * request's offset; none starts past the request's end, only the last may
+   * reach beyond it (spec §5.7), and REQ_ONE's one extent is within it.
+   */
+  private async blockStatus(r: Request): Promise<Buffer> {
+    const { start, end } = alignedCover(r.offset, r.length, this.dev.limits.logicalBlockSize);
+    const sector = start / SECTOR_SIZE;
     // The request length is a hint (spec §5.7): answer a bounded prefix.
-    const n = Math.min(count, STATUS_MAX_SECTORS);
+    const n = Math.min((end - start) / SECTOR_SIZE, STATUS_MAX_SECTORS);
     const raw = this.dev.extents ? await this.dev.extents(sector, n) : [];
     const extents: StatusExtent[] = [];
     for (const e of coverExtents(raw, sector, n)) {
+      if (e.sector * SECTOR_SIZE >= r.offset + r.length) break;
       const status = (e.hole ? STATE_HOLE : 0) | (e.zero ? STATE_ZERO : 0);
       const last = extents[extents.length - 1];
       if (last && last.status === status) last.length += e.count * SECTOR_SIZE;
       else extents.push({ length: e.count * SECTOR_SIZE, status });
     }
-    const answer = r.flags & CMD_FLAG_REQ_ONE ? extents.slice(0, 1) : extents;
-    return blockStatusChunk(r.cookie, this.session.allocationContext!, answer);
+    extents[0]!.length -= r.offset - start;
+    if (!(r.flags & CMD_FLAG_REQ_ONE)) return blockStatusChunk(r.cookie, this.session.allocationContext!, extents);
+    const one = extents[0]!;
+    return blockStatusChunk(r.cookie, this.session.allocationContext!, [{ length: Math.min(one.length, r.length), status: one.status }]);
   }
 
   /** Reads in pieces of at most maxTransfer (clients may send up to 32 MiB regardless, spec §8.3). */
@@ -282,24 +350,31 @@ export class Transmission {
   }
 
   private async writeData(sector: number, data: Buffer, fua: boolean): Promise<void> {
-    const native = fua && this.dev.limits.fua;
-    await this.inPieces(sector, data.length / SECTOR_SIZE, this.transferSectors(), (s, n) =>
-      this.dev.write(s, data.subarray((s - sector) * SECTOR_SIZE, (s - sector + n) * SECTOR_SIZE),
-        native ? { fua: true } : undefined));
+    await this.writeSectors(sector, data, fua && this.dev.limits.fua);
     await this.emulateFua(fua);
   }
 
+  /** Writes in pieces of at most maxTransfer, with the device's own FUA if `nativeFua`. */
+  private writeSectors(sector: number, data: Buffer, nativeFua: boolean): Promise<void> {
+    return this.inPieces(sector, data.length / SECTOR_SIZE, this.transferSectors(), (s, n) =>
+      this.dev.write(s, data.subarray((s - sector) * SECTOR_SIZE, (s - sector + n) * SECTOR_SIZE),
+        nativeFua ? { fua: true } : undefined));
+  }
+
   private async writeZeroes(sector: number, count: number, mayUnmap: boolean, fua: boolean): Promise<void> {
-    const native = fua && this.dev.limits.fua;
-    if (this.dev.limits.writeZeroes) {
-      const opts = { mayUnmap, fua: native };
-      await this.inPieces(sector, count, ZERO_PIECE_SECTORS, (s, n) => this.dev.writeZeroes(s, n, opts));
-    } else {
-      const piece = Math.min(this.transferSectors(), ZEROES.length / SECTOR_SIZE);
-      await this.inPieces(sector, count, piece, (s, n) =>
-        this.dev.write(s, ZEROES.subarray(0, n * SECTOR_SIZE), native ? { fua: true } : undefined));
-    }
+    await this.zeroSectors(sector, count, mayUnmap, fua && this.dev.limits.fua);
     await this.emulateFua(fua);
+  }
+
+  /** Zeroes in pieces, by the device's write-zeroes or by writing shared zeroes where it has none. */
+  private zeroSectors(sector: number, count: number, mayUnmap: boolean, nativeFua: boolean): Promise<void> {
+    if (this.dev.limits.writeZeroes) {
+      const opts = { mayUnmap, fua: nativeFua };
+      return this.inPieces(sector, count, ZERO_PIECE_SECTORS, (s, n) => this.dev.writeZeroes(s, n, opts));
+    }
+    const piece = Math.min(this.transferSectors(), ZEROES.length / SECTOR_SIZE);
+    return this.inPieces(sector, count, piece, (s, n) =>
+      this.dev.write(s, ZEROES.subarray(0, n * SECTOR_SIZE), nativeFua ? { fua: true } : undefined));
   }
 
   /** FUA on a device without native FUA: flush after the write, as the block layer does. */

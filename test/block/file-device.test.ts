@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import fc from 'fast-check';
 
 import { SECTOR_SIZE } from '../../src/block/device.ts';
 import { IoError } from '../../src/block/errors.ts';
@@ -242,6 +243,54 @@ describe('FileDevice', () => {
       assert.ok(back.equals(data));
       await again.close();
     } finally {
+      await cleanup();
+    }
+  });
+
+  test('extents stay exact around the cached data range: writes into holes, discards and unmapping zeroes (property)', async () => {
+    const { dir, cleanup } = tempDir();
+    const dev = await FileDevice.open(join(dir, 'cache.img'), { sectors: 4096 });
+    try {
+      // 4 KiB steps, the file system's block: a partial block would count as data.
+      const op = fc.record({
+        kind: fc.constantFrom('write', 'discard', 'zero-unmap', 'zero-keep', 'extents'),
+        block: fc.integer({ min: 0, max: 511 }),
+        blocks: fc.integer({ min: 1, max: 64 }),
+      });
+      await fc.assert(fc.asyncProperty(fc.array(op, { maxLength: 25 }), async (ops) => {
+        await dev.discard(0, 4096);
+        const data = new Uint8Array(512); // 1 where the 4 KiB block holds written non-zero bytes
+        const check = async (sector: number, count: number): Promise<void> => {
+          for (const e of await dev.extents(sector, count)) {
+            if (!e.hole) continue;
+            for (let s = e.sector; s < e.sector + e.count; s += 8) {
+              assert.equal(data[Math.floor(s / 8)], 0, `sector ${s} reported as a hole but holds data`);
+            }
+          }
+        };
+        for (const o of ops) {
+          const sector = o.block * 8;
+          const count = Math.min(o.blocks, 512 - o.block) * 8;
+          if (o.kind === 'write') {
+            await dev.write(sector, Buffer.alloc(count * SECTOR_SIZE, 0x77));
+            data.fill(1, o.block, o.block + count / 8);
+          } else if (o.kind === 'extents') {
+            await check(sector, count);
+          } else {
+            if (o.kind === 'discard') await dev.discard(sector, count);
+            else await dev.writeZeroes(sector, count, { mayUnmap: o.kind === 'zero-unmap' });
+            data.fill(0, o.block, o.block + count / 8);
+          }
+        }
+        await check(0, 4096);
+        // And a hole punched after a walk cached data is reported again.
+        await dev.write(0, Buffer.alloc(64 * 1024, 1));
+        assert.equal((await dev.extents(0, 128))[0]!.hole, false);
+        await dev.discard(0, 128);
+        assert.deepEqual((await dev.extents(0, 128)).map((e) => e.hole), [true]);
+      }), { numRuns: 40 });
+    } finally {
+      await dev.close();
       await cleanup();
     }
   });

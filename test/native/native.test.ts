@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 
-import { crc32c, crc32cHardware, crc32cRaw, crc32cRawTable, punchHole, seekData, seekHole } from '../../src/native/index.ts';
+import { crc32c, crc32cHardware, crc32cRaw, crc32cRawTable, punchHole, readNowait, seekData, seekHole } from '../../src/native/index.ts';
 
 /** Bit-at-a-time CRC-32C register update: the definition, independent of any table. */
 function crc32cRawReference(buf: Uint8Array, register: number): number {
@@ -149,6 +149,21 @@ describe('file helpers', () => {
       assert.equal(await seekHole(fd, 0), 0);
       await assert.rejects(seekData(fd, 772 * KiB), { code: 'ENXIO', syscall: 'lseek(SEEK_DATA)' });
       await assert.rejects(seekHole(fd, 2048 * KiB), { code: 'ENXIO' });
+    }));
+
+  test('readNowait reads cached pages at once, or says why not (EOPNOTSUPP on tmpfs), never anything else', () =>
+    withFile(async (fd) => {
+      const data = Buffer.alloc(64 * KiB);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 13) & 0xff;
+      writeSync(fd, data, 0, data.length, 0); // just written: in the page cache
+      const into = Buffer.alloc(8 * KiB);
+      const n = readNowait(fd, into, 4 * KiB + 512);
+      if (n === -95) return; // this file system has no RWF_NOWAIT reads
+      assert.ok(n > 0, `readNowait returned ${n}`);
+      assert.ok(into.subarray(0, n).equals(data.subarray(4 * KiB + 512, 4 * KiB + 512 + n)));
+      assert.equal(readNowait(fd, into, 64 * KiB), 0, 'at end of file');
+      assert.equal(readNowait(1_000_000, into, 0), -9, 'EBADF as a negative errno');
+      assert.throws(() => readNowait(fd, into, -1), RangeError);
     }));
 
   test('OS errors reject with the errno name, number and call', () =>

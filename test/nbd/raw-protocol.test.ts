@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import fc from 'fast-check';
 import type { BlockDevice } from '../../src/block/device.ts';
 import { MemoryDevice } from '../../src/block/memory-device.ts';
 import {
@@ -41,8 +42,8 @@ after(() => served.close());
 
 // ---- handshake helpers ----
 
-async function greet(cflags = 3): Promise<RawPeer> {
-  const p = await RawPeer.connect(served.port);
+async function greet(cflags = 3, port = served.port): Promise<RawPeer> {
+  const p = await RawPeer.connect(port);
   const g = await p.read(18);
   assert.equal(g.toString('hex'), '4e42444d4147494349484156454f50540003');
   const f = Buffer.alloc(4);
@@ -74,14 +75,16 @@ function types(rs: OptReply[]): number[] {
   return rs.map((r) => r.type);
 }
 
-async function transmission(name = 'disk', structured = true, meta = true): Promise<{ p: RawPeer; flags: number }> {
-  const p = await greet();
+async function transmission(
+  name = 'disk', structured = true, meta = true, opts: { port?: number; infos?: number[] } = {},
+): Promise<{ p: RawPeer; flags: number }> {
+  const p = await greet(3, opts.port);
   if (structured) assert.deepEqual(types(await option(p, OPT_STRUCTURED_REPLY)), [REP_ACK]);
   if (structured && meta) {
     const r = await option(p, OPT_SET_META_CONTEXT, encodeMetaContextRequest(name, ['base:allocation']));
     assert.deepEqual(types(r), [REP_META_CONTEXT, REP_ACK]);
   }
-  const go = await option(p, OPT_GO, encodeInfoRequest(name, [INFO_BLOCK_SIZE]));
+  const go = await option(p, OPT_GO, encodeInfoRequest(name, opts.infos ?? [INFO_BLOCK_SIZE]));
   assert.equal(go[go.length - 1]!.type, REP_ACK);
   const exp = go.find((r) => r.type === REP_INFO && r.data.readUInt16BE(0) === INFO_EXPORT)!;
   return { p, flags: exp.data.readUInt16BE(10) };
@@ -225,7 +228,8 @@ describe('NBD server handshake (raw bytes)', () => {
     assert.equal(byInfo.get(INFO_NAME)!.toString(), '');
     assert.equal(byInfo.get(2)!.toString(), 'test disk');
     const bs = byInfo.get(INFO_BLOCK_SIZE)!;
-    assert.deepEqual([bs.readUInt32BE(0), bs.readUInt32BE(4), bs.readUInt32BE(8)], [512, 4096, 32 * MiB]);
+    // Minimum 1: the server takes any alignment (read-modify-write), as qemu-nbd over a buffered file.
+    assert.deepEqual([bs.readUInt32BE(0), bs.readUInt32BE(4), bs.readUInt32BE(8)], [1, 4096, 32 * MiB]);
     assert.equal(served.exports.openCount('disk'), 0, 'INFO must not keep the export open');
     const go = await option(p, OPT_GO, encodeInfoRequest('', [INFO_NAME]));
     assert.deepEqual(go.map((r) => r.data.toString('hex')), info.map((r) => r.data.toString('hex')));
@@ -296,7 +300,6 @@ describe('NBD server transmission (raw bytes)', () => {
     const cases: Array<[string, () => void, number]> = [
       ['READ past end', () => request(p, CMD_READ, { offset: SIZE, length: 512 }), 22],
       ['READ unknown flag', () => request(p, CMD_READ, { flags: 0x80, length: 512 }), 22],
-      ['READ misaligned', () => request(p, CMD_READ, { offset: 1, length: 3 }), 22],
       ['READ 32 MiB + 512', () => request(p, CMD_READ, { length: 32 * MiB + 512 }), 22],
       ['WRITE past end', () => request(p, CMD_WRITE, { offset: SIZE, payload: Buffer.alloc(512) }), 28],
       ['WRITE len 0', () => request(p, CMD_WRITE, { offset: 4096, length: 0 }), 0],
@@ -466,5 +469,182 @@ describe('NBD server transmission (raw bytes)', () => {
     assert.equal(await p.closedByServer(), true);
     assert.equal(served.exports.openCount('disk'), 0);
     assert.ok(flushes > before, 'an export written on a connection is flushed when it ends');
+  });
+});
+
+describe('NBD server: requests not aligned to the logical block size (spec §8.2 item 9)', () => {
+  const SMALL = 256 * 1024;
+  let big: MemoryDevice;
+  let loose: Served;
+  let strict: Served;
+
+  before(async () => {
+    big = new MemoryDevice(SMALL / 512, { name: 'big', limits: { logicalBlockSize: 4096 } });
+    loose = await serve({ disk, big });
+    strict = await serve({ disk, big }, { strictBlockSize: true });
+  });
+  after(async () => {
+    await loose.close();
+    await strict.close();
+  });
+
+  /** One request and its reply; for a READ, the data (simple reply or one OFFSET_DATA chunk). */
+  async function call(p: RawPeer, structured: boolean, type: number, opts: NonNullable<Parameters<typeof request>[2]>): Promise<{ errno: number; data: Buffer }> {
+    request(p, type, opts);
+    if (!structured) {
+      const r = await simple(p);
+      const data = type === CMD_READ && r.error === 0 && opts.length! > 0 ? await p.read(opts.length!) : Buffer.alloc(0);
+      return { errno: r.error, data };
+    }
+    const c = await reply(p);
+    return { errno: errnoOf(c), data: c.type === REPLY_TYPE_OFFSET_DATA ? c.payload.subarray(8) : Buffer.alloc(0) };
+  }
+
+  for (const structured of [true, false]) {
+    it(`WRITE, READ and WRITE_ZEROES at odd offsets round-trip over 512- and 4096-byte blocks (${structured ? 'structured' : 'simple'} replies)`, async () => {
+      for (const [name, dev] of [['disk', disk], ['big', big]] as const) {
+        const { p } = await transmission(name, structured, false, { port: loose.port });
+        await dev.write(0, Buffer.alloc(65536, 0xee));
+        const data = Buffer.alloc(9000);
+        for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 3) & 0xff;
+        assert.equal((await call(p, structured, CMD_WRITE, { offset: 4000, payload: data, flags: CMD_FLAG_FUA })).errno, 0, name);
+        assert.equal((await call(p, structured, CMD_WRITE, { offset: 20001, payload: Buffer.from([1, 2]) })).errno, 0, name);
+        const want = Buffer.alloc(65536, 0xee);
+        data.copy(want, 4000);
+        want[20001] = 1;
+        want[20002] = 2;
+        assert.ok(dev.peek(0, 65536).equals(want), `${name}: device bytes after the writes`);
+        const back = await call(p, structured, CMD_READ, { offset: 3999, length: 9003 });
+        assert.equal(back.errno, 0);
+        assert.ok(back.data.equals(want.subarray(3999, 13002)), `${name}: unaligned read`);
+        assert.equal((await call(p, structured, CMD_WRITE_ZEROES, { offset: 100, length: 5000 })).errno, 0);
+        want.fill(0, 100, 5100);
+        assert.ok(dev.peek(0, 65536).equals(want), `${name}: device bytes after the write-zeroes`);
+        const odd = await call(p, structured, CMD_READ, { offset: 5099, length: 2 });
+        assert.deepEqual([...odd.data], [0, want[5100]]);
+        p.close();
+      }
+    });
+  }
+
+  it('an unaligned READ of 64 KiB or more is one data chunk; TRIM is rounded inwards; BLOCK_STATUS starts at the odd offset', async () => {
+    const { p } = await transmission('big', true, true, { port: loose.port });
+    await big.writeZeroes(0, SMALL / 512, { mayUnmap: true });
+    await big.write(128, Buffer.alloc(65536, 0x33)); // data at 64 KiB..128 KiB
+    request(p, CMD_READ, { offset: 65535, length: 131074, cookie: 1n });
+    const c = await reply(p);
+    assert.deepEqual([c.type, c.flags, c.payload.readBigUInt64BE(0)], [REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, 65535n]);
+    const want = big.peek(65535, 131074);
+    assert.equal(want[1], 0x33);
+    assert.ok(c.payload.subarray(8).equals(want));
+
+    request(p, CMD_TRIM, { offset: 65536 + 100, length: 8192, cookie: 2n });
+    assert.equal(errnoOf(await reply(p)), 0);
+    const after = big.peek(65536, 65536);
+    assert.ok(after.subarray(0, 4096).equals(Buffer.alloc(4096, 0x33)), 'partial head block untouched');
+    assert.ok(after.subarray(4096, 8192).equals(Buffer.alloc(4096)), 'whole block discarded');
+    assert.ok(after.subarray(8192).equals(Buffer.alloc(65536 - 8192, 0x33)), 'partial tail block untouched');
+
+    const status = async (offset: number, length: number, flags = 0): Promise<number[][]> => {
+      request(p, CMD_BLOCK_STATUS, { offset, length, flags, cookie: 3n });
+      const b = await reply(p);
+      assert.equal(b.type, REPLY_TYPE_BLOCK_STATUS);
+      const ext = [];
+      for (let i = 4; i < b.payload.length; i += 8) ext.push([b.payload.readUInt32BE(i), b.payload.readUInt32BE(i + 4)]);
+      return ext;
+    };
+    assert.deepEqual(await status(100, 10, CMD_FLAG_REQ_ONE), [[10, 3]]);
+    // Only the covering blocks are asked for: the last extent ends at the next block boundary.
+    assert.deepEqual(await status(65536 - 100, 200), [[100, 3], [4096, 0]]);
+    assert.deepEqual(await status(131072 + 10, 100), [[4096 - 10, 3]]);
+    p.close();
+  });
+
+  it('two unaligned writes into one block, in flight together, both land (the RMW lock)', async () => {
+    for (const name of ['disk', 'big']) {
+      const { p } = await transmission(name, true, false, { port: loose.port });
+      await disk.write(0, Buffer.alloc(4096, 0xee));
+      await big.write(0, Buffer.alloc(4096, 0xee));
+      const h = Buffer.alloc(28 * 4 + 40);
+      const parts: Buffer[] = [];
+      for (let i = 0; i < 4; i++) {
+        const hdr = Buffer.alloc(28);
+        encodeRequest(hdr, 0, { flags: 0, type: CMD_WRITE, cookie: BigInt(i + 1), offset: 10 + 30 * i, length: 10 });
+        parts.push(hdr, Buffer.alloc(10, 0xa0 + i));
+      }
+      Buffer.concat(parts).copy(h);
+      p.send(h); // one segment: all four start in the same turn of the event loop
+      const cookies = [];
+      for (let i = 0; i < 4; i++) {
+        const c = await reply(p);
+        assert.equal(errnoOf(c), 0);
+        cookies.push(c.cookie);
+      }
+      assert.deepEqual(cookies.sort(), [1n, 2n, 3n, 4n]);
+      const want = Buffer.alloc(4096, 0xee);
+      for (let i = 0; i < 4; i++) want.fill(0xa0 + i, 10 + 30 * i, 20 + 30 * i);
+      const dev = name === 'disk' ? disk : big;
+      assert.ok(dev.peek(0, 4096).equals(want), `${name}: every write kept`);
+      p.close();
+    }
+  });
+
+  it('random unaligned writes, zeroes and trims over two connections agree with a byte model (property)', async () => {
+    const a = await transmission('big', true, false, { port: loose.port });
+    const b = await transmission('big', false, false, { port: loose.port, infos: [] });
+    const cmd = fc.record({
+      conn: fc.boolean(),
+      kind: fc.constantFrom('write', 'zero', 'read'),
+      offset: fc.integer({ min: 0, max: 65535 }),
+      length: fc.integer({ min: 0, max: 12000 }),
+      byte: fc.integer({ min: 1, max: 255 }),
+    });
+    await fc.assert(fc.asyncProperty(fc.array(cmd, { minLength: 1, maxLength: 12 }), async (cmds) => {
+      await big.writeZeroes(0, 160); // 80 KiB: all the model covers
+      const model = Buffer.alloc(65536 + 12000);
+      for (const c of cmds) {
+        const p = c.conn ? a.p : b.p;
+        const length = Math.min(c.length, model.length - c.offset);
+        if (c.kind === 'write') {
+          assert.equal((await call(p, c.conn, CMD_WRITE, { offset: c.offset, payload: Buffer.alloc(length, c.byte) })).errno, 0);
+          model.fill(c.byte, c.offset, c.offset + length);
+        } else if (c.kind === 'zero') {
+          assert.equal((await call(p, c.conn, CMD_WRITE_ZEROES, { offset: c.offset, length })).errno, 0);
+          model.fill(0, c.offset, c.offset + length);
+        } else {
+          const r = await call(p, c.conn, CMD_READ, { offset: c.offset, length });
+          assert.ok(length === 0 || r.data.equals(model.subarray(c.offset, c.offset + length)));
+        }
+      }
+      assert.ok(big.peek(0, model.length).equals(model));
+    }), { numRuns: 25 });
+    a.p.close();
+    b.p.close();
+  });
+
+  it('strictBlockSize: advertises the logical block size; a client that asked gets EINVAL, one that did not gets read-modify-write', async () => {
+    const p = await greet(3, strict.port);
+    const info = await option(p, OPT_INFO, encodeInfoRequest('big', [INFO_BLOCK_SIZE]));
+    const bs = info.find((r) => r.type === REP_INFO && r.data.readUInt16BE(0) === INFO_BLOCK_SIZE)!.data;
+    assert.deepEqual([bs.readUInt32BE(2), bs.readUInt32BE(6), bs.readUInt32BE(10)], [4096, 4096, 32 * MiB]);
+    p.close();
+
+    await big.write(0, Buffer.alloc(8192, 0xee));
+    const bound = (await transmission('big', true, false, { port: strict.port })).p;
+    assert.equal((await call(bound, true, CMD_READ, { offset: 1, length: 3 })).errno, 22);
+    assert.equal((await call(bound, true, CMD_WRITE, { offset: 512, payload: Buffer.alloc(512, 1) })).errno, 22);
+    assert.equal((await call(bound, true, CMD_WRITE_ZEROES, { offset: 4096, length: 100 })).errno, 22);
+    assert.ok(big.peek(0, 8192).equals(Buffer.alloc(8192, 0xee)), 'refused requests changed nothing');
+    // Still in sync after the refused WRITE's payload: an aligned read works.
+    assert.ok((await call(bound, true, CMD_READ, { offset: 4096, length: 4096 })).data.equals(Buffer.alloc(4096, 0xee)));
+    bound.close();
+
+    const free = (await transmission('big', true, false, { port: strict.port, infos: [] })).p;
+    assert.equal((await call(free, true, CMD_WRITE, { offset: 512, payload: Buffer.alloc(512, 1) })).errno, 0);
+    const want = Buffer.alloc(8192, 0xee);
+    want.fill(1, 512, 1024);
+    assert.ok(big.peek(0, 8192).equals(want));
+    assert.ok((await call(free, true, CMD_READ, { offset: 511, length: 514 })).data.equals(want.subarray(511, 1025)));
+    free.close();
   });
 });
