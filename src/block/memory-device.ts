@@ -90,47 +90,46 @@ export class MemoryDevice implements BlockDevice {
   }
 
   private copyOut(offset: number, into: Buffer): void {
-    for (let done = 0; done < into.length; ) {
-      const pos = offset + done;
-      const chunk = Math.floor(pos / CHUNK_BYTES);
-      const within = pos - chunk * CHUNK_BYTES;
-      const n = Math.min(into.length - done, CHUNK_BYTES - within);
+    this.forEachPiece(offset, into.length, (chunk, within, done, n) => {
       const buf = this.chunks.get(chunk);
       if (buf) buf.copy(into, done, within, within + n);
       else into.fill(0, done, done + n);
-      done += n;
-    }
+    });
   }
 
   private copyIn(offset: number, data: Buffer): void {
-    for (let done = 0; done < data.length; ) {
-      const pos = offset + done;
-      const chunk = Math.floor(pos / CHUNK_BYTES);
-      const within = pos - chunk * CHUNK_BYTES;
-      const n = Math.min(data.length - done, CHUNK_BYTES - within);
+    this.forEachPiece(offset, data.length, (chunk, within, done, n) => {
       let buf = this.chunks.get(chunk);
       if (!buf) {
         buf = Buffer.alloc(CHUNK_BYTES);
         this.chunks.set(chunk, buf);
       }
       data.copy(buf, within, done, done + n);
-      done += n;
-    }
+    });
   }
 
   private zeroRange(sector: number, count: number, unmap: boolean): void {
-    const start = sector * 512;
-    const end = (sector + count) * 512;
-    for (let pos = start; pos < end; ) {
+    this.forEachPiece(sector * 512, count * 512, (chunk, within, _done, n) => {
+      const buf = this.chunks.get(chunk);
+      if (!buf) return;
+      if (unmap && n === CHUNK_BYTES) this.chunks.delete(chunk);
+      else buf.fill(0, within, within + n);
+    });
+  }
+
+  /**
+   * Calls `piece` for each part of the bytes [offset, offset + length) that
+   * lies in one chunk: the chunk's number, where the part starts in the
+   * chunk and in the range, and its length.
+   */
+  private forEachPiece(offset: number, length: number, piece: (chunk: number, within: number, done: number, n: number) => void): void {
+    for (let done = 0; done < length; ) {
+      const pos = offset + done;
       const chunk = Math.floor(pos / CHUNK_BYTES);
       const within = pos - chunk * CHUNK_BYTES;
-      const n = Math.min(end - pos, CHUNK_BYTES - within);
-      const buf = this.chunks.get(chunk);
-      if (buf) {
-        if (unmap && n === CHUNK_BYTES) this.chunks.delete(chunk);
-        else buf.fill(0, within, within + n);
-      }
-      pos += n;
+      const n = Math.min(length - done, CHUNK_BYTES - within);
+      piece(chunk, within, done, n);
+      done += n;
     }
   }
 }

@@ -69,31 +69,21 @@ export const clear: Command = {
   },
 };
 
-export const suspend: Command = {
-  name: 'suspend',
-  usage: 'suspend [--noflush] [--nolockfs] NAME...',
-  summary: 'hold new I/O and wait for in-flight I/O to finish',
+const suspendCommand = (op: 'suspend' | 'resume', summary: string): Command => ({
+  name: op,
+  usage: `${op} [--noflush] [--nolockfs] NAME...`,
+  summary,
   options: SUSPEND_OPTIONS,
   args: { min: 1, max: Infinity },
   async run(ctx) {
     const client = await ctx.client();
     const flags = { noflush: ctx.flag('noflush'), nolockfs: ctx.flag('nolockfs') };
-    return each(ctx, ctx.args, (name) => client.call('suspend', { name, ...flags }));
+    return each(ctx, ctx.args, (name) => client.call(op, { name, ...flags }));
   },
-};
+});
 
-export const resume: Command = {
-  name: 'resume',
-  usage: 'resume [--noflush] [--nolockfs] NAME...',
-  summary: 'make a staged table live and let I/O through again',
-  options: SUSPEND_OPTIONS,
-  args: { min: 1, max: Infinity },
-  async run(ctx) {
-    const client = await ctx.client();
-    const flags = { noflush: ctx.flag('noflush'), nolockfs: ctx.flag('nolockfs') };
-    return each(ctx, ctx.args, (name) => client.call('resume', { name, ...flags }));
-  },
-};
+export const suspend = suspendCommand('suspend', 'hold new I/O and wait for in-flight I/O to finish');
+export const resume = suspendCommand('resume', 'make a staged table live and let I/O through again');
 
 export const remove: Command = {
   name: 'remove',

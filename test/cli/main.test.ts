@@ -4,33 +4,24 @@ import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { runCli } from '../../src/cli/main.ts';
 import { parseListen } from '../../src/cli/serve-command.ts';
+import { captured } from '../helpers/captured.ts';
 
-async function cli(argv: string[]): Promise<{ stdout: string; stderr: string; status: number }> {
-  let stdout = '';
-  let stderr = '';
-  const status = await runCli(argv, {
-    stdin: Readable.from([]),
-    stdout: { write: (s: string) => (stdout += s) },
-    stderr: { write: (s: string) => (stderr += s) },
-    env: { DMKIT_SOCKET: '/nonexistent/dmkit-test.sock' },
-    cwd: '/',
-  });
-  return { stdout, stderr, status };
-}
+const cli = (argv: string[]) =>
+  captured((io) => runCli(argv, { ...io, stdin: Readable.from([]), env: { DMKIT_SOCKET: '/nonexistent/dmkit-test.sock' }, cwd: '/' }));
 
 describe('dmkit command line', () => {
   it('prints help on stdout for help and --help, on stderr with status 1 for nothing', async () => {
     const help = await cli(['help']);
-    assert.equal(help.status, 0);
+    assert.equal(help.code, 0);
     assert.match(help.stdout, /^usage: dmkit \[--socket PATH\] \[--data-dir DIR\] \[--json\] COMMAND/);
     for (const name of ['serve', 'create', 'load', 'reload', 'suspend', 'resume', 'clear', 'remove', 'ls', 'info', 'table', 'status', 'deps', 'message', 'wait', 'targets', 'version', 'replay-log']) {
       assert.match(help.stdout, new RegExp(`^  ${name}( |$)`, 'm'), name);
     }
     assert.deepEqual(await cli(['--help']), { ...help });
     const none = await cli([]);
-    assert.deepEqual(none, { stdout: '', stderr: help.stdout, status: 1 });
-    assert.deepEqual(await cli(['help', 'wait']), { stdout: "usage: dmkit wait NAME [EVENT_NR]\n  block until the device's event number differs from EVENT_NR (default 0)\n", stderr: '', status: 0 });
-    assert.deepEqual(await cli(['clear', '--help']), { stdout: 'usage: dmkit clear NAME\n  drop the inactive table\n', stderr: '', status: 0 });
+    assert.deepEqual(none, { stdout: '', stderr: help.stdout, code: 1 });
+    assert.deepEqual(await cli(['help', 'wait']), { stdout: "usage: dmkit wait NAME [EVENT_NR]\n  block until the device's event number differs from EVENT_NR (default 0)\n", stderr: '', code: 0 });
+    assert.deepEqual(await cli(['clear', '--help']), { stdout: 'usage: dmkit clear NAME\n  drop the inactive table\n', stderr: '', code: 0 });
   });
 
   it('reports usage errors in one line before contacting the daemon', async () => {
@@ -44,13 +35,13 @@ describe('dmkit command line', () => {
       [['create', 'a', '/nonexistent/t.table'], 'dmkit: create: table file /nonexistent/t.table: No such file or directory\n'],
       [['serve', '--listen', 'localhost'], 'dmkit: serve: --listen localhost: expected HOST:PORT, e.g. 127.0.0.1:10809 or [::1]:0 (port 0: any free port) (usage: dmkit serve [--config FILE] [--data-dir DIR] [--socket PATH] [--listen HOST:PORT]... [--unix PATH]... [--read-only])\n'],
     ];
-    for (const [argv, stderr] of cases) assert.deepEqual(await cli(argv), { stdout: '', stderr, status: 1 }, argv.join(' '));
+    for (const [argv, stderr] of cases) assert.deepEqual(await cli(argv), { stdout: '', stderr, code: 1 }, argv.join(' '));
   });
 
   it('names the socket it cannot reach, from --socket, DMKIT_SOCKET or the data dir', async () => {
     const reach = (path: string) => `dmkit: cannot reach the dmkit daemon at ${path} (ENOENT); is "dmkit serve" running?\n`;
-    assert.deepEqual(await cli(['ls']), { stdout: '', stderr: reach('/nonexistent/dmkit-test.sock'), status: 1 });
-    assert.deepEqual(await cli(['--socket', '/nonexistent/x.sock', 'ls']), { stdout: '', stderr: reach('/nonexistent/x.sock'), status: 1 });
+    assert.deepEqual(await cli(['ls']), { stdout: '', stderr: reach('/nonexistent/dmkit-test.sock'), code: 1 });
+    assert.deepEqual(await cli(['--socket', '/nonexistent/x.sock', 'ls']), { stdout: '', stderr: reach('/nonexistent/x.sock'), code: 1 });
     const viaDir = await runCli(['ls', '--data-dir', 'nowhere'], {
       stdin: Readable.from([]), stdout: { write: () => true }, stderr: { write: (s: string) => assert.equal(s, reach('/tmp/nowhere/dmkit.sock')) }, env: {}, cwd: '/tmp',
     });
@@ -58,7 +49,7 @@ describe('dmkit command line', () => {
     // The library line comes before the driver is asked, as dmsetup prints it.
     const v = await cli(['version']);
     assert.match(v.stdout, /^Library version:   dmkit \d+\.\d+\.\d+\n$/);
-    assert.equal(v.status, 1);
+    assert.equal(v.code, 1);
     const json = await cli(['ls', '--json']);
     assert.equal(JSON.parse(json.stderr).error.command, 'ls');
   });

@@ -1,22 +1,19 @@
 /** The config file and relative table paths. */
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import { readConfig } from '../../src/daemon/config.ts';
 import { Daemon } from '../../src/daemon/daemon.ts';
 import { resolveTablePaths } from '../../src/daemon/table-paths.ts';
+import { tempDir } from '../helpers/temp-dir.ts';
 
-let dir: string;
+const dir = tempDir('dmkit-config-');
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'dmkit-config-'));
   await mkdir(join(dir, 'sub'));
   await writeFile(join(dir, 'sub', 'disk.img'), Buffer.alloc(1024 * 1024));
 });
-
-after(() => rm(dir, { recursive: true, force: true }));
 
 describe('resolveTablePaths', () => {
   it('makes existing relative files and ./ ../ words absolute, and leaves everything else', async () => {

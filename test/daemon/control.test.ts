@@ -4,15 +4,15 @@
  * state.json across a restart.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { LineSplitter } from '../../src/daemon/control.ts';
 import { Daemon } from '../../src/daemon/daemon.ts';
 import { MAX_LINE_BYTES, PACKAGE_VERSION } from '../../src/daemon/protocol.ts';
+import { blankFile, tempDir } from '../helpers/temp-dir.ts';
 
 interface ReplyLine {
   id: number | string | null;
@@ -100,7 +100,6 @@ class Raw {
   }
 }
 
-let dir: string;
 let disk: string;
 let disk2: string;
 let daemon: Daemon;
@@ -109,23 +108,19 @@ let c: Raw;
 const startDaemon = (): Promise<Daemon> =>
   Daemon.start({ dataDir: join(dir, 'data'), configFile: join(dir, 'empty.json'), listen: [], log: () => undefined });
 
-before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'dmkit-control-'));
-  disk = join(dir, 'disk.img');
-  disk2 = join(dir, 'disk2.img');
-  await writeFile(disk, '');
-  await truncate(disk, 8 * 1024 * 1024);
-  await writeFile(disk2, '');
-  await truncate(disk2, 8 * 1024 * 1024);
-  await writeFile(join(dir, 'empty.json'), '{"devices":[]}');
-  daemon = await startDaemon();
-  c = await Raw.open(daemon.socketPath);
-});
-
 after(async () => {
   c.close();
   await daemon.stop();
-  await rm(dir, { recursive: true, force: true });
+});
+
+const dir = tempDir('dmkit-control-'); // removed after the daemon stopped
+
+before(async () => {
+  disk = await blankFile(join(dir, 'disk.img'), 8 * 1024 * 1024);
+  disk2 = await blankFile(join(dir, 'disk2.img'), 8 * 1024 * 1024);
+  await writeFile(join(dir, 'empty.json'), '{"devices":[]}');
+  daemon = await startDaemon();
+  c = await Raw.open(daemon.socketPath);
 });
 
 describe('control socket ops', () => {

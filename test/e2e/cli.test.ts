@@ -4,130 +4,54 @@
  * stderr and exit status; data checked through NBD with qemu-io.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
+import { type Daemon, Harness, type RunOptions } from '../helpers/daemon.ts';
 
-const BIN = new URL('../../bin/dmkit.js', import.meta.url).pathname;
 const VERSION: string = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')).version;
 
-interface Run {
-  stdout: string;
-  stderr: string;
-  status: number | null;
-}
-
-const children = new Set<ChildProcess>();
-
-function run(cmd: string, args: string[], opts: { stdin?: string; cwd?: string; env?: Record<string, string> } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: opts.cwd ?? dir, env: { ...process.env, ...opts.env }, stdio: 'pipe' });
-    children.add(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    child.on('error', reject);
-    child.on('close', (status) => {
-      children.delete(child);
-      resolve({ stdout, stderr, status });
-    });
-    child.stdin.end(opts.stdin ?? '');
-  });
-}
-
-/** `dmkit ARGS…` against the daemon of this file. */
-const dmkit = (args: string[], opts: { stdin?: string; cwd?: string } = {}): Promise<Run> =>
-  run(process.execPath, [BIN, ...args], { ...opts, env: { DMKIT_SOCKET: socket } });
-
 /** Runs and expects exactly this stdout, no stderr, status 0. */
-async function expectOut(args: string[], stdout: string, opts: { stdin?: string; cwd?: string } = {}): Promise<void> {
-  assert.deepEqual(await dmkit(args, opts), { stdout, stderr: '', status: 0 }, `dmkit ${args.join(' ')}`);
+async function expectOut(args: string[], stdout: string, opts: Pick<RunOptions, 'stdin' | 'cwd'> = {}): Promise<void> {
+  assert.deepEqual(await daemon.cli(args, opts), { stdout, stderr: '', status: 0 }, `dmkit ${args.join(' ')}`);
 }
 
 /** Runs and expects this one stderr text, nothing on stdout, status 1. */
 async function expectErr(args: string[], stderr: string, opts: { stdin?: string; stdout?: string } = {}): Promise<void> {
-  assert.deepEqual(await dmkit(args, opts), { stdout: opts.stdout ?? '', stderr, status: 1 }, `dmkit ${args.join(' ')}`);
+  assert.deepEqual(await daemon.cli(args, { stdin: opts.stdin }), { stdout: opts.stdout ?? '', stderr, status: 1 }, `dmkit ${args.join(' ')}`);
 }
 
 /** Accepted connections on the control socket (/proc/net/unix lists them with its path, state 03). */
 async function clientConnections(): Promise<number> {
   const lines = (await readFile('/proc/net/unix', 'utf8')).split('\n');
-  return lines.filter((l) => l.endsWith(` ${socket}`) && l.split(/\s+/)[5] === '03').length;
+  return lines.filter((l) => l.endsWith(` ${daemon.socket}`) && l.split(/\s+/)[5] === '03').length;
 }
 
-interface Served {
-  child: ChildProcess;
-  port: number;
-  ready: string;
-  stderr: () => string;
-  exit: Promise<number | null>;
-}
-
-/** Starts `dmkit serve` and waits for its ready line. */
-function serve(args: string[]): Promise<Served> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, 'serve', '--listen', '127.0.0.1:0', ...args], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    let out = '';
-    let err = '';
-    const exit = new Promise<number | null>((done) => child.on('exit', (code) => {
-      children.delete(child);
-      done(code);
-    }));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));
-    child.stdout.setEncoding('utf8').on('data', (s: string) => {
-      out += s;
-      const m = /^dmkit: serving \d+ devices? on 127\.0\.0\.1:(\d+), control socket .*\n/.exec(out);
-      if (m) resolve({ child, port: Number(m[1]), ready: m[0], stderr: () => err, exit });
-    });
-    void exit.then((code) => reject(new Error(`dmkit serve exited (${code}) before it was ready: ${err}`)));
-  });
-}
-
-async function stop(served: Served): Promise<number | null> {
-  served.child.kill('SIGTERM');
-  return served.exit;
-}
-
-let dir: string;
-let dataDir: string;
-let socket: string;
-let daemon: Served;
+let h: Harness;
+let daemon: Daemon;
 let disk: string;
 let disk2: string;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'dmkit-e2e-'));
-  dataDir = join(dir, 'data');
-  socket = join(dataDir, 'dmkit.sock');
-  disk = join(dir, 'disk.img');
-  disk2 = join(dir, 'disk2.img');
-  for (const f of [disk, disk2]) {
-    await writeFile(f, '');
-    await truncate(f, 16 * 1024 * 1024);
-  }
-  await writeFile(join(dir, 'empty.json'), '{"devices":[]}');
-  daemon = await serve(['--data-dir', dataDir, '--config', 'empty.json']);
+  h = await Harness.create('dmkit-e2e-');
+  disk = await h.blankFile('disk.img', 16 * 1024 * 1024);
+  disk2 = await h.blankFile('disk2.img', 16 * 1024 * 1024);
+  await writeFile(h.path('empty.json'), '{"devices":[]}');
+  daemon = await h.serve({ dataDir: h.path('data'), args: ['--config', 'empty.json'] });
 });
 
-after(async () => {
-  for (const child of children) child.kill('SIGKILL');
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => h.cleanup());
 
 describe('dmkit against a running daemon', () => {
   it('says when it is ready, with the bound port', () => {
-    assert.equal(daemon.ready, `dmkit: serving 0 devices on 127.0.0.1:${daemon.port}, control socket ${socket}\n`);
+    assert.equal(daemon.ready, `dmkit: serving 0 devices on 127.0.0.1:${daemon.port}, control socket ${daemon.socket}\n`);
     assert.notEqual(daemon.port, 0);
   });
 
   it('prints the versions and the target list', async () => {
     await expectOut(['version'], `Library version:   dmkit ${VERSION}\nDriver version:    4.50.0\n`);
-    const { stdout, status } = await dmkit(['targets']);
+    const { stdout, status } = await daemon.cli(['targets']);
     assert.equal(status, 0);
     assert.match(stdout, /^(\S+ +v\d+\.\d+\.\d+\n)+$/);
     assert.ok(stdout.endsWith('striped          v1.7.0\nlinear           v1.5.0\nerror            v1.7.0\n'), stdout);
@@ -145,7 +69,7 @@ describe('dmkit against a running daemon', () => {
   it('creates from --table, stdin and a table file, and shows them as dmsetup does', async () => {
     await expectOut(['create', 'lin', '--table', `0 2048 linear ${disk} 1024`], '');
     await expectOut(['create', 'str'], '', { stdin: `# two stripes\n0 4096 striped 2 128 ${disk} 4096 ${disk2} 4096\n` });
-    await writeFile(join(dir, 'cat.table'), '0 1024 linear disk2.img 0\n1024 1024 zero\n');
+    await writeFile(h.path('cat.table'), '0 1024 linear disk2.img 0\n1024 1024 zero\n');
     await expectOut(['create', 'cat', 'cat.table', '-u', 'CAT-UUID'], ''); // relative to the CLI's directory
     await expectOut(['create', 'empty', '--notable'], '');
 
@@ -198,7 +122,7 @@ describe('dmkit against a running daemon', () => {
   it('stages, suspends, resumes and clears tables', async () => {
     await expectOut(['load', 'lin', '--table', '0 2048 zero'], '');
     await expectOut(['suspend', 'lin'], '');
-    const info = (await dmkit(['info', 'lin'])).stdout;
+    const info = (await daemon.cli(['info', 'lin'])).stdout;
     assert.match(info, /^State:             SUSPENDED\n/m);
     assert.match(info, /^Tables present:    LIVE & INACTIVE\n/m);
     await expectOut(['table', '--inactive', 'lin'], '0 2048 zero \n');
@@ -206,22 +130,22 @@ describe('dmkit against a running daemon', () => {
     await expectOut(['table', 'lin'], '0 2048 zero \n');
     await expectOut(['reload', 'lin'], '', { stdin: `0 2048 linear ${disk} 1024\n` });
     await expectOut(['clear', 'lin'], '');
-    assert.match((await dmkit(['info', 'lin'])).stdout, /^State:             ACTIVE\nRead Ahead:        256\nTables present:    LIVE\n/m);
+    assert.match((await daemon.cli(['info', 'lin'])).stdout, /^State:             ACTIVE\nRead Ahead:        256\nTables present:    LIVE\n/m);
     await expectOut(['table', 'lin'], '0 2048 zero \n');
   });
 
   it('prints --json results', async () => {
-    const r = await dmkit(['info', 'lin', '--json']);
+    const r = await daemon.cli(['info', 'lin', '--json']);
     assert.equal(r.status, 0);
     assert.deepEqual(JSON.parse(r.stdout), {
       name: 'lin', uuid: '', major: 253, minor: 0, suspended: false, readOnly: false, liveTable: true, inactiveTable: false,
       openCount: 0, eventNr: 0, targetCount: 1, readAhead: 256, sectors: 2048,
     });
-    const table = JSON.parse((await dmkit(['--json', 'table', 'cat'])).stdout);
+    const table = JSON.parse((await daemon.cli(['--json', 'table', 'cat'])).stdout);
     assert.deepEqual(table.targets, [{ start: 0, length: 1024, type: 'linear', params: '7:1 0' }, { start: 1024, length: 1024, type: 'zero', params: '' }]);
-    const all = JSON.parse((await dmkit(['deps', '--json'])).stdout);
+    const all = JSON.parse((await daemon.cli(['deps', '--json'])).stdout);
     assert.deepEqual(all.map((d: { device: { name: string } }) => d.device.name), ['cat', 'empty', 'lin', 'str']);
-    const err = await dmkit(['remove', 'nosuch', '--json']);
+    const err = await daemon.cli(['remove', 'nosuch', '--json']);
     assert.equal(err.status, 1);
     assert.deepEqual(JSON.parse(err.stderr), { error: { command: 'remove', device: 'nosuch', code: 'ENXIO', message: 'nosuch: no such device' } });
   });
@@ -230,7 +154,7 @@ describe('dmkit against a running daemon', () => {
     await expectErr(['create', 'lin', '--table', '0 8 zero'], 'dmkit: create lin: a device of that name exists (-EBUSY)\n');
     await expectErr(['create', 'x', '--table', '0 100 linear /nonexistent 0'], 'dmkit: create x: line 1: 253:4: linear: Device lookup failed (-ENOENT)\n');
     await expectErr(['create', 'x', '--table', 'garbage'], 'dmkit: create x: line 1: invalid format: expected "<start> <length> <target> [<args>...]", got "garbage" (-EINVAL)\n');
-    const linInfo = (await dmkit(['info', 'lin'])).stdout;
+    const linInfo = (await daemon.cli(['info', 'lin'])).stdout;
     await Promise.all([
       expectErr(['table', 'nosuch'], 'dmkit: table nosuch: no such device (-ENXIO)\n'),
       expectErr(['info', 'nosuch'], 'Device does not exist.\n'),
@@ -240,11 +164,11 @@ describe('dmkit against a running daemon', () => {
       expectErr(['message', 'lin', '1x', 'hello'], 'dmkit: message lin: Invalid sector.\n'),
       expectErr(['create'], 'dmkit: create: missing device name (usage: dmkit create NAME [--table LINE]... [--file F | TABLE_FILE] [-u UUID] [-r|--readonly] [--notable])\n'),
       expectErr(['frob'], 'dmkit: unknown command "frob" (see "dmkit help")\n'),
-      expectErr(['replay-log', '--log', join(dir, 'no-log')], `Couldn't open log ${join(dir, 'no-log')}: 2\n`), // offline, its own texts
+      expectErr(['replay-log', '--log', h.path('no-log')], `Couldn't open log ${h.path('no-log')}: 2\n`), // offline, its own texts
       expectOut(['ls'], 'cat\t(253:2)\nempty\t(253:3)\nlin\t(253:0)\nstr\t(253:1)\n'), // the failed creates left nothing
-      run(process.execPath, [BIN, '--socket', join(dir, 'none.sock'), 'ls']).then((unreachable) => assert.deepEqual(unreachable, {
+      h.cli(['--socket', h.path('none.sock'), 'ls']).then((unreachable) => assert.deepEqual(unreachable, {
         stdout: '',
-        stderr: `dmkit: cannot reach the dmkit daemon at ${join(dir, 'none.sock')} (ENOENT); is "dmkit serve" running?\n`,
+        stderr: `dmkit: cannot reach the dmkit daemon at ${h.path('none.sock')} (ENOENT); is "dmkit serve" running?\n`,
         status: 1,
       })),
     ]);
@@ -253,26 +177,24 @@ describe('dmkit against a running daemon', () => {
   it('waits for an event: the removal of the device', async () => {
     await expectOut(['create', 'w', '--table', '0 8 zero'], '');
     await expectOut(['wait', 'w', '7'], ''); // the event number already differs from 7
-    const waiting = dmkit(['wait', 'w']);
+    const waiting = daemon.cli(['wait', 'w']);
     // The waiter's request follows its connect at once; the next command's process start is far slower.
     while ((await clientConnections()) === 0) await delay(20);
-    assert.match((await dmkit(['info', 'w'])).stdout, /^Event number:      0$/m);
+    assert.match((await daemon.cli(['info', 'w'])).stdout, /^Event number:      0$/m);
     await expectOut(['remove', 'w'], ''); // removing a device with a live table raises an event
     assert.deepEqual(await waiting, { stdout: '', stderr: '', status: 0 });
   });
 
   it('serves a device over NBD: qemu-io writes land at the mapped offset of the backing file', async () => {
-    const backing = join(dir, 'nbd.img');
-    await writeFile(backing, '');
-    await truncate(backing, 4 * 1024 * 1024);
+    const backing = await h.blankFile('nbd.img', 4 * 1024 * 1024);
     await expectOut(['create', 'nbdlin', '--table', `0 4096 linear ${backing} 2048`], '');
-    const url = `nbd://127.0.0.1:${daemon.port}/nbdlin`;
-    const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xab 0 64k', '-c', 'read -P 0xab 0 64k', url]);
+    const url = daemon.uri('nbdlin');
+    const io = await h.run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xab 0 64k', '-c', 'read -P 0xab 0 64k', url]);
     assert.equal(io.status, 0, io.stderr);
     assert.match(io.stdout, /wrote 65536\/65536 bytes at offset 0/);
     assert.match(io.stdout, /read 65536\/65536 bytes at offset 0/);
     // Sector 0 of nbdlin is sector 2048 of the file: 1 MiB in.
-    const file = await run('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0xab 1M 64k', '-c', 'read -P 0 0 1M', '-c', 'read -P 0 1088k 64k', backing]);
+    const file = await h.run('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0xab 1M 64k', '-c', 'read -P 0 0 1M', '-c', 'read -P 0 1088k 64k', backing]);
     assert.equal(file.status, 0, file.stderr);
     assert.doesNotMatch(file.stdout, /Pattern verification failed/);
     assert.equal((file.stdout.match(/^read /gm) ?? []).length, 3);
@@ -280,14 +202,13 @@ describe('dmkit against a running daemon', () => {
     // A table may stand on an NBD export: here the daemon's own, read back through a second export.
     await expectOut(['create', 'overnbd', '--table', `0 128 linear ${url} 0`], '');
     await expectOut(['table', 'overnbd'], '0 128 linear 43:0 0\n');
-    const through = await run('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0xab 0 64k', `nbd://127.0.0.1:${daemon.port}/overnbd`]);
+    const through = await h.run('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0xab 0 64k', daemon.uri('overnbd')]);
     assert.equal(through.status, 0, through.stderr);
     assert.match(through.stdout, /^read 65536\/65536 bytes at offset 0$/m);
     await expectOut(['remove', 'overnbd'], '');
 
     // A connected client holds the device: remove fails as on Linux, remove --force disconnects it.
-    const client = spawn('qemu-io', ['-f', 'raw', url], { stdio: 'pipe' });
-    children.add(client);
+    const client = h.spawn('qemu-io', ['-f', 'raw', url]);
     let out = '';
     const seen = async (text: string): Promise<void> => {
       while (!out.includes(text)) await delay(20);
@@ -301,38 +222,37 @@ describe('dmkit against a running daemon', () => {
     await seen('read failed');
     client.stdin.end('quit\n');
     await new Promise((resolve) => client.on('close', resolve));
-    children.delete(client);
-    assert.doesNotMatch((await dmkit(['ls'])).stdout, /^nbdlin\t/m);
+    assert.doesNotMatch((await daemon.cli(['ls'])).stdout, /^nbdlin\t/m);
   });
 
   it('keeps every device across a restart (state.json), and exits 0 on SIGTERM with the socket removed', async () => {
-    const before = await Promise.all([dmkit(['ls']), dmkit(['table']), dmkit(['info'])]);
-    assert.equal(await stop(daemon), 0, daemon.stderr());
-    await assert.rejects(stat(socket), /ENOENT/);
-    daemon = await serve(['--data-dir', dataDir, '--config', 'empty.json']);
+    const before = await Promise.all([daemon.cli(['ls']), daemon.cli(['table']), daemon.cli(['info'])]);
+    assert.equal(await daemon.stop(), 0, daemon.stderr());
+    await assert.rejects(stat(daemon.socket), /ENOENT/);
+    daemon = await daemon.restart();
     assert.match(daemon.stderr(), /state\.json exists, so config .*empty\.json is not applied/);
-    assert.deepEqual(await Promise.all([dmkit(['ls']), dmkit(['table']), dmkit(['info'])]), before);
+    assert.deepEqual(await Promise.all([daemon.cli(['ls']), daemon.cli(['table']), daemon.cli(['info'])]), before);
   });
 });
 
 describe('dmkit serve start-up', () => {
   it('creates the devices of a config file, paths relative to the file', async () => {
-    await writeFile(join(dir, 'dmkit.json'), JSON.stringify({ devices: [{ name: 'c0', table: ['0 1024 linear disk.img 0'], uuid: 'C0' }, { name: 'c1', table: ['0 1024 linear /dev/mapper/c0 0'], readOnly: true }] }));
-    const served = await serve(['--data-dir', join(dir, 'config-data'), '--config', 'dmkit.json']);
-    const sock = ['--socket', join(dir, 'config-data', 'dmkit.sock')];
+    await writeFile(h.path('dmkit.json'), JSON.stringify({ devices: [{ name: 'c0', table: ['0 1024 linear disk.img 0'], uuid: 'C0' }, { name: 'c1', table: ['0 1024 linear /dev/mapper/c0 0'], readOnly: true }] }));
+    const served = await h.serve({ dataDir: h.path('config-data'), args: ['--config', 'dmkit.json'] });
+    const sock = ['--socket', h.path('config-data/dmkit.sock')];
     try {
       assert.match(served.ready, /^dmkit: serving 2 devices on /);
-      assert.deepEqual(await run(process.execPath, [BIN, ...sock, 'table']), { stdout: 'c0: 0 1024 linear 7:0 0\nc1: 0 1024 linear 253:0 0\n', stderr: '', status: 0 });
-      assert.match((await run(process.execPath, [BIN, ...sock, 'info', 'c1'])).stdout, /^State:             ACTIVE \(READ-ONLY\)\n/m);
+      assert.deepEqual(await h.cli([...sock, 'table']), { stdout: 'c0: 0 1024 linear 7:0 0\nc1: 0 1024 linear 253:0 0\n', stderr: '', status: 0 });
+      assert.match((await h.cli([...sock, 'info', 'c1'])).stdout, /^State:             ACTIVE \(READ-ONLY\)\n/m);
     } finally {
-      assert.equal(await stop(served), 0);
+      assert.equal(await served.stop(), 0);
     }
   });
 
   it('creates the embedded default on an empty data dir, and reopens it unchanged', async () => {
-    const data = join(dir, 'default-data');
-    const cli = (...args: string[]) => run(process.execPath, [BIN, '--data-dir', data, ...args]);
-    let served = await serve(['--data-dir', data]);
+    const data = h.path('default-data');
+    const cli = (...args: string[]) => h.cli(['--data-dir', data, ...args]);
+    let served = await h.serve({ dataDir: data });
     try {
       assert.match(served.ready, /^dmkit: serving 2 devices on /);
       assert.equal((await stat(join(data, 'thin-meta.img'))).size, 64 * 1024 * 1024);
@@ -346,17 +266,17 @@ describe('dmkit serve start-up', () => {
       assert.equal((await cli('status', 'vol0')).stdout, '0 4194304 thin 0 -\n');
       assert.equal((await cli('message', 'pool', '0', 'create_thin', '1')).status, 0);
     } finally {
-      assert.equal(await stop(served), 0);
+      assert.equal(await served.stop(), 0);
     }
     // state.json recreates both devices on the same metadata: thin device 1 is still there.
-    served = await serve(['--data-dir', data]);
+    served = await served.restart();
     try {
       assert.match(served.ready, /^dmkit: serving 2 devices on /);
       const again = await cli('message', 'pool', '0', 'create_thin', '1');
       assert.equal(again.status, 1);
       assert.match(again.stderr, /Creation of new thinly-provisioned device with id 1 failed/);
     } finally {
-      assert.equal(await stop(served), 0);
+      assert.equal(await served.stop(), 0);
     }
   });
 });

@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
-import { BIN, type Daemon, Harness } from '../helpers/daemon.ts';
+import { type Daemon, Harness } from '../helpers/daemon.ts';
 
 const MiB = 1024 * 1024;
 
@@ -75,7 +75,7 @@ describe('log-writes over NBD', () => {
     await daemon.qemuIo('lw', 'write -P 0x44 32k 64k', 'flush', 'write -P 0x45 3M 4k');
     await daemon.dmkit('remove', 'lw'); // teardown logs the unflushed write and the end mark
 
-    const found = await h.run(process.execPath, [BIN, 'replay-log', '--log', log, '--find', '--end-mark', 'synced']);
+    const found = await h.cli(['replay-log', '--log', log, '--find', '--end-mark', 'synced']);
     assert.equal(found.status, 0, found.stderr);
     assert.match(found.stdout, /^\d+@\d+\n$/);
     // log-writes §4.7: the FUA write is logged at its completion, ahead of the older unflushed

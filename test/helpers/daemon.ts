@@ -13,10 +13,11 @@
  *   d = await d.restart();                         // same data dir: state.json recreates the devices
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { type ChildProcess, type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
+import { blankFile } from './temp-dir.ts';
 
 export const BIN = new URL('../../bin/dmkit.js', import.meta.url).pathname;
 
@@ -74,7 +75,7 @@ export class Harness {
   }
 
   /** Spawns `cmd` with piped stdio, tracked until it exits. */
-  spawn(cmd: string, args: string[], opts: Omit<RunOptions, 'stdin'> = {}): ChildProcess {
+  spawn(cmd: string, args: string[], opts: Omit<RunOptions, 'stdin'> = {}): ChildProcessWithoutNullStreams {
     const child = spawn(cmd, args, { cwd: opts.cwd ?? this.dir, env: { ...process.env, ...opts.env }, stdio: 'pipe' });
     this.children.add(child);
     child.on('exit', () => this.children.delete(child));
@@ -88,15 +89,20 @@ export class Harness {
       const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
       let stdout = '';
       let stderr = '';
-      child.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-      child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+      child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+      child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
       child.on('error', reject);
       child.on('close', (status) => {
         clearTimeout(timer);
         resolve({ stdout, stderr, status });
       });
-      child.stdin!.end(opts.stdin ?? '');
+      child.stdin.end(opts.stdin ?? '');
     });
+  }
+
+  /** `dmkit ARGS…` naming no daemon (offline commands, or `--socket`/`--data-dir` among ARGS), as it ended. */
+  cli(args: string[], opts: RunOptions = {}): Promise<Run> {
+    return this.run(process.execPath, [BIN, ...args], opts);
   }
 
   /**
@@ -117,23 +123,20 @@ export class Harness {
   }
 
   /** An empty (sparse) file of `bytes` in the harness directory; returns its path. */
-  async blankFile(name: string, bytes: number): Promise<string> {
-    const path = this.path(name);
-    await writeFile(path, '');
-    await truncate(path, bytes);
-    return path;
+  blankFile(name: string, bytes: number): Promise<string> {
+    return blankFile(this.path(name), bytes);
   }
 
   /** Starts `dmkit serve` and resolves once its ready line names the bound port. */
   serve(opts: ServeOptions): Promise<Daemon> {
     const child = this.spawn(process.execPath, [BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', opts.dataDir, ...opts.args ?? []]);
-    child.stdin!.end();
+    child.stdin.end();
     let out = '';
     let err = '';
     const exit = new Promise<number | null>((resolve) => child.on('exit', (code, signal) => resolve(signal ? null : code)));
-    child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));
     return new Promise((resolve, reject) => {
-      child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+      child.stdout.setEncoding('utf8').on('data', (s: string) => {
         out += s;
         const m = READY.exec(out);
         if (m) resolve(new Daemon(this, opts, child, Number(m[1]), m[0], () => err, exit));
@@ -166,7 +169,7 @@ export class Daemon {
 
   /** `dmkit ARGS…` against this daemon, as it ended. */
   cli(args: string[], opts: Omit<RunOptions, 'env'> = {}): Promise<Run> {
-    return this.harness.run(process.execPath, [BIN, ...args], { ...opts, env: { DMKIT_SOCKET: this.socket } });
+    return this.harness.cli(args, { ...opts, env: { DMKIT_SOCKET: this.socket } });
   }
 
   /** `dmkit ARGS…`, which must succeed with nothing on stderr; returns stdout. */

@@ -6,27 +6,20 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 
 import { IoError } from '../../src/block/errors.ts';
 import { FileDevice } from '../../src/block/file-device.ts';
 import { DeviceRegistry } from '../../src/mapper/device-registry.ts';
 import { TargetRegistry } from '../../src/mapper/target-registry.ts';
 import { integrityTarget } from '../../src/targets/integrity/integrity.ts';
+import { blankFile, tempDir } from '../helpers/temp-dir.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'dmkit-integritysetup-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
+const dir = tempDir('dmkit-integritysetup-');
 
-function image(name: string, sectors: number): string {
-  const path = join(dir, name);
-  const fd = openSync(path, 'w');
-  writeSync(fd, Buffer.alloc(1), 0, 1, sectors * 512 - 1);
-  closeSync(fd);
-  return path;
-}
+const image = (name: string, sectors: number) => blankFile(join(dir, name), sectors * 512);
 
 /**
  * Activates `table` (length: provided, or 8) on the files, runs `during`
@@ -79,7 +72,7 @@ function head(path: string, bytes: number): Buffer {
 }
 
 test('the default format (integritysetup format\'s table) dumps as in §8.2, bytes 0x00–0x2F included; blkid knows it', async () => {
-  const path = image('default.img', 131072);
+  const path = await image('default.img', 131072);
   await withDmkit({ '/a': path }, '/a 0 4 J 4 block_size:512 internal_hash:crc32c fix_padding fix_hmac');
   expectDump(path, { version: 5, il: 15, tag: 4, J: 5, provided: 129160, bs: 512, l2bpb: 15, flags: 'fix_padding fix_hmac ' });
   assert.equal(head(path, 48).toString('hex'), '696e746567727400050f04000500000088f801000000000018000000000f0000' + '0'.repeat(32));
@@ -104,7 +97,7 @@ test('every mode, tag size and hash dumps with the fields dmkit reports', async 
       expect: { version: 1, il: 15, tag: 16, J: 8, provided: 125944, bs: 512, l2bpb: 15, flags: '' } },
   ];
   for (const c of cases) {
-    const path = image(`${c.name}.img`, c.sectors);
+    const path = await image(`${c.name}.img`, c.sectors);
     const info = await withDmkit({ '/a': path }, c.params);
     assert.equal(Number(info.split(' ')[1]), c.expect.provided, `${c.name}: dmkit reports ${info}`);
     expectDump(path, c.expect);
@@ -112,7 +105,7 @@ test('every mode, tag size and hash dumps with the fields dmkit reports', async 
 });
 
 test('bitmap mode while active shows dirty_bitmap; recalculation shows recalc_sector', async () => {
-  const path = image('bitmap.img', 131072);
+  const path = await image('bitmap.img', 131072);
   let during = '';
   await withDmkit({ '/a': path }, '/a 0 4 B 2 internal_hash:crc32c fix_hmac', () => {
     during = dump(path);
@@ -120,7 +113,7 @@ test('bitmap mode while active shows dirty_bitmap; recalculation shows recalc_se
   assert.match(during, /\nsuperblock_version 5\n[^]*\nflags dirty_bitmap fix_hmac \n$/);
   expectDump(path, { version: 5, il: 15, tag: 4, J: 5, provided: 129160, bs: 512, l2bpb: 15, flags: 'fix_hmac ' });
 
-  const r = image('recalc.img', 16384);
+  const r = await image('recalc.img', 16384);
   await withDmkit({ '/a': r }, '/a 0 4 D 2 internal_hash:crc32c recalculate', async (registry) => {
     // Wait for the background recalculation to reach the end (status field 3 = provided).
     for (;;) {
@@ -136,8 +129,8 @@ test('bitmap mode while active shows dirty_bitmap; recalculation shows recalc_se
 });
 
 test('a separate metadata device: the metadata file dumps as in §8.2', async () => {
-  const data = image('data.img', 131072);
-  const meta = image('meta.img', 8192);
+  const data = await image('data.img', 131072);
+  const meta = await image('meta.img', 8192);
   await withDmkit({ '/d': data, '/m': meta }, '/d 0 4 J 3 internal_hash:crc32c fix_hmac meta_device:/m');
   expectDump(meta, { version: 5, il: 0, tag: 4, J: 5, provided: 131072, bs: 512, l2bpb: 15, flags: 'fix_hmac ' });
   assert.equal(head(meta, 32).toString('hex'), '696e7465677274000500040005000000' + '0000020000000000' + '10000000' + '000f0000');

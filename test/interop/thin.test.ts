@@ -7,8 +7,7 @@
  * back through dmkit.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -17,12 +16,12 @@ import { RegistryExports } from '../../src/daemon/exports.ts';
 import { DeviceRegistry } from '../../src/mapper/device-registry.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
 import { builtinTargets } from '../../src/targets/index.ts';
+import { BIN } from '../helpers/daemon.ts';
+import { blankFile, tempDir } from '../helpers/temp-dir.ts';
 import { run } from '../nbd/helpers.ts';
 
 const MiB = 1024 * 1024;
-const BIN = new URL('../../bin/dmkit.js', import.meta.url).pathname;
 const BLOCK = 64 * 1024;
-let dir: string;
 let registry: DeviceRegistry;
 let server: NbdServer;
 let port: number;
@@ -73,23 +72,21 @@ async function checkMetadata(volumes: string[]): Promise<void> {
   }
 }
 
+after(async () => {
+  await server.close();
+  await registry.shutdown();
+});
+
+const dir = tempDir('dmkit-thin-'); // removed after the server and the pool are closed
+
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'dmkit-thin-'));
   registry = new DeviceRegistry({ targets: builtinTargets(), openFile: (path) => FileDevice.open(path) });
-  for (const [file, size] of [[meta(), 16 * MiB], [join(dir, 'data.img'), 256 * MiB]] as const) {
-    await writeFile(file, '');
-    await truncate(file, size);
-  }
+  await blankFile(meta(), 16 * MiB);
+  await blankFile(join(dir, 'data.img'), 256 * MiB);
   await registry.create('pool', { table: [`0 ${(256 * MiB) / 512} thin-pool ${meta()} ${join(dir, 'data.img')} 128 0`] });
   server = new NbdServer(new RegistryExports(registry, false));
   const addr = await server.listen({ host: '127.0.0.1', port: 0 });
   port = typeof addr === 'string' ? 0 : addr.port;
-});
-
-after(async () => {
-  await server.close();
-  await registry.shutdown();
-  await rm(dir, { recursive: true, force: true });
 });
 
 describe('thin volumes over NBD with the Debian tools', () => {
@@ -172,9 +169,7 @@ describe('dmkit thin dump|check|restore (the CLI) next to the Debian tools', () 
     assert.match(check.stdout, /^TRANSACTION_ID=0\nMETADATA_FREE_BLOCKS=\d+\n$/);
     const xml = join(dir, 'dump.xml');
     await writeFile(xml, ours.stdout);
-    const copy = join(dir, 'restored-copy.img');
-    await writeFile(copy, '');
-    await truncate(copy, 16 * MiB);
+    const copy = await blankFile(join(dir, 'restored-copy.img'), 16 * MiB);
     const restored = await dmkit('restore', '-i', xml, '-o', copy);
     assert.equal(restored.code, 0, restored.stderr);
     assert.equal((await run('thin_dump', [copy])).stdout, theirs.stdout, 'dump → dmkit restore → thin_dump round trip');
@@ -191,11 +186,9 @@ describe('a pool restored by thin_restore', () => {
       '  </device>',
       '</superblock>',
     ].join('\n');
-    const meta2 = join(dir, 'restored-meta.img');
+    const meta2 = await blankFile(join(dir, 'restored-meta.img'), 4 * MiB);
     const data2 = join(dir, 'restored-data.img');
     await writeFile(join(dir, 'r.xml'), `${xml}\n`);
-    await writeFile(meta2, '');
-    await truncate(meta2, 4 * MiB);
     const restored = await run('thin_restore', ['-i', join(dir, 'r.xml'), '-o', meta2]);
     assert.equal(restored.code, 0, restored.stderr);
     const data = Buffer.alloc(64 * BLOCK);

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import type { BlockDevice, WriteOptions } from '../../src/block/device.ts';
 import { IoError } from '../../src/block/errors.ts';
@@ -11,15 +10,10 @@ import type { Logger } from '../../src/mapper/target.ts';
 import { LogWritesTarget, logWritesTarget } from '../../src/targets/log-writes/log-writes.ts';
 import { runReplayLog } from '../../src/tools/replay-log/replay-log.ts';
 import { fakeContext } from '../helpers/target-context.ts';
+import { tempDir } from '../helpers/temp-dir.ts';
 import { applyLog, buildLog, decodeLog, type DecodedEntry, type TestEntry } from '../tools/log-image.ts';
 
-let dir: string;
-before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'dmkit-log-writes-'));
-});
-after(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const dir = tempDir('dmkit-log-writes-');
 
 interface Setup {
   data: BlockDevice;

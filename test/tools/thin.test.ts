@@ -1,10 +1,7 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
-import { promisify } from 'node:util';
+import { test } from 'node:test';
 import { FileDevice } from '../../src/block/file-device.ts';
 import { blockChecksum } from '../../src/pdata/checksum.ts';
 import { ThinMetadata } from '../../src/pdata/thin/metadata.ts';
@@ -12,6 +9,9 @@ import { SALT } from '../../src/pdata/validators.ts';
 import { thinCheck } from '../../src/tools/thin/check.ts';
 import { thinDump } from '../../src/tools/thin/dump.ts';
 import { thinRestore } from '../../src/tools/thin/restore.ts';
+import { captured } from '../helpers/captured.ts';
+import { blankFile as blankFileAt, tempDir } from '../helpers/temp-dir.ts';
+import { run } from '../nbd/helpers.ts';
 
 /*
  * Compatibility with Debian's thin-provisioning-tools 0.9.0, used for real:
@@ -19,44 +19,15 @@ import { thinRestore } from '../../src/tools/thin/restore.ts';
  * written by dmkit passes thin_check and thin_dump prints it as dmkit does.
  */
 
-const run = promisify(execFile);
-let dir: string;
-before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'dmkit-thin-'));
-});
-after(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const dir = tempDir('dmkit-thin-');
 
-interface Captured {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+/** A dmkit thin tool, in process. */
+const dmkit = (tool: typeof thinDump, ...argv: string[]) => captured((io) => tool(argv, io));
 
-async function dmkit(tool: typeof thinDump, ...argv: string[]): Promise<Captured> {
-  let stdout = '';
-  let stderr = '';
-  const code = await tool(argv, { stdout: { write: (t: string) => (stdout += t) }, stderr: { write: (t: string) => (stderr += t) } });
-  return { code, stdout, stderr };
-}
+/** The Debian tool of that name. */
+const real = (cmd: string, ...argv: string[]) => run(cmd, argv);
 
-async function real(cmd: string, ...argv: string[]): Promise<Captured> {
-  try {
-    const { stdout, stderr } = await run(cmd, argv, { maxBuffer: 256 << 20 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
-
-async function blankFile(name: string, bytes = 8 << 20): Promise<string> {
-  const path = join(dir, name);
-  await writeFile(path, '');
-  await truncate(path, bytes);
-  return path;
-}
+const blankFile = (name: string, bytes = 8 << 20) => blankFileAt(join(dir, name), bytes);
 
 /** XML as thin_dump prints it, for devices given as [id, [[origin, data, length, time]…], details]. */
 function xml(sb: { time: number; transaction: number; version?: number; nrData: number }, devices: [number, [number, number, number, number][], [number, number, number]][]): string {

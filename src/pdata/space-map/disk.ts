@@ -7,7 +7,7 @@ import { ENTRIES_PER_BITMAP } from './bitmap.ts';
 import { INDEX_ENTRY_SIZE, type IndexEntry, type IndexStore, decodeIndexEntry, encodeIndexEntry } from './index-entry.ts';
 import { type CommittedIndex, LowLevel } from './ll.ts';
 import { refCountValue } from './ref-count-tree.ts';
-import { decodeSpaceMapRoot, encodeSpaceMapRoot } from './root.ts';
+import { decodeSpaceMapRoot } from './root.ts';
 import type { SpaceMap } from './space-map.ts';
 
 /** Data space-map index btree leaves hold 16-byte index entries (§5.5). */
@@ -63,7 +63,7 @@ export class DiskSpaceMap implements SpaceMap {
   private constructor(private readonly tm: TransactionManager, private readonly ll: LowLevel, private readonly index: IndexTreeStore) {
     this.committed = { index: new IndexTreeStore(tm, index.root), nrBlocks: ll.nrBlocks };
     this.committedFree = ll.nrBlocks - ll.nrAllocated;
-    this.lastRoot = this.encodeRoot();
+    this.lastRoot = ll.encodeRoot(index.root);
   }
 
   /** A data space map of `nrBlocks` (§8.1: index root then ref-count root, then the bitmaps). */
@@ -91,7 +91,7 @@ export class DiskSpaceMap implements SpaceMap {
   }
 
   count(b: number): Promise<number> {
-    this.checkBlock(b);
+    this.ll.checkBlock(b, 'data');
     return this.ll.count(b);
   }
 
@@ -106,9 +106,7 @@ export class DiskSpaceMap implements SpaceMap {
   }
 
   async newBlock(): Promise<number> {
-    const any = (): boolean => true;
-    let b = await this.ll.findFree(this.cursor, this.ll.nrBlocks, this.committed, any);
-    if (b < 0) b = await this.ll.findFree(0, this.cursor, this.committed, any);
+    const b = await this.ll.findFreeFrom(this.cursor, this.committed, () => true);
     if (b < 0) throw new IoError('ENOSPC', `${this.tm.bm.name}: no free data block`, { device: this.tm.bm.name });
     this.cursor = b + 1;
     await this.ll.setCount(b, 1);
@@ -132,25 +130,10 @@ export class DiskSpaceMap implements SpaceMap {
     this.committed = { index: new IndexTreeStore(this.tm, this.index.root), nrBlocks: this.ll.nrBlocks };
     this.committedFree = this.ll.nrBlocks - this.ll.nrAllocated;
     this.allocatedSinceCommit = 0;
-    this.lastRoot = this.encodeRoot();
+    this.lastRoot = this.ll.encodeRoot(this.index.root);
   }
 
   root(): Buffer {
     return Buffer.from(this.lastRoot);
-  }
-
-  private encodeRoot(): Buffer {
-    return encodeSpaceMapRoot({
-      nrBlocks: this.ll.nrBlocks,
-      nrAllocated: this.ll.nrAllocated,
-      bitmapRoot: this.index.root,
-      refCountRoot: this.ll.refCountRoot,
-    });
-  }
-
-  private checkBlock(b: number): void {
-    if (!Number.isSafeInteger(b) || b < 0 || b >= this.ll.nrBlocks) {
-      throw new IoError('EINVAL', `${this.tm.bm.name}: data block ${b} outside the space map (${this.ll.nrBlocks} blocks)`);
-    }
   }
 }

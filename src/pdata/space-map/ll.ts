@@ -1,8 +1,10 @@
+import { IoError } from '../../block/errors.ts';
 import type { TransactionManager } from '../transaction-manager.ts';
 import { bitmapValidator } from '../validators.ts';
 import { BITMAP_OVERFLOW, ENTRIES_PER_BITMAP, findFreeEntry, getEntry, setEntry } from './bitmap.ts';
 import type { IndexStore } from './index-entry.ts';
 import { overflowCount, removeOverflowCount, setOverflowCount } from './ref-count-tree.ts';
+import { encodeSpaceMapRoot } from './root.ts';
 
 /** A space map's state as of the last commit: its index, and how many blocks it covered. */
 export interface CommittedIndex {
@@ -27,6 +29,22 @@ export class LowLevel {
 
   get nrBitmaps(): number {
     return Math.ceil(this.nrBlocks / ENTRIES_PER_BITMAP);
+  }
+
+  /** Throws EINVAL unless `b` is one of the counted blocks; `what` names them ("data", "metadata"). */
+  checkBlock(b: number, what: string): void {
+    if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrBlocks) {
+      throw new IoError('EINVAL', `${this.tm.bm.name}: ${what} block ${b} outside the space map (${this.nrBlocks} blocks)`);
+    }
+  }
+
+  /**
+   * The 32-byte space-map root (§5.1) of these counts under the index at
+   * `bitmapRoot`; `nrAllocated` is the caller's when it holds counts not yet
+   * in the bitmaps.
+   */
+  encodeRoot(bitmapRoot: number, nrAllocated = this.nrAllocated): Buffer {
+    return encodeSpaceMapRoot({ nrBlocks: this.nrBlocks, nrAllocated, bitmapRoot, refCountRoot: this.refCountRoot });
   }
 
   async count(b: number): Promise<number> {
@@ -91,5 +109,11 @@ export class LowLevel {
       }
     }
     return -1;
+  }
+
+  /** As findFree, searching from `cursor` to the end, then wrapping round to the first block. */
+  async findFreeFrom(cursor: number, committed: CommittedIndex, freeNow: (b: number) => boolean): Promise<number> {
+    const b = await this.findFree(cursor, this.nrBlocks, committed, freeNow);
+    return b >= 0 ? b : this.findFree(0, cursor, committed, freeNow);
   }
 }

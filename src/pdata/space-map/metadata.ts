@@ -6,7 +6,7 @@ import { ENTRIES_PER_BITMAP } from './bitmap.ts';
 import { IndexBlockStore, MAX_METADATA_BLOCKS } from './index-block.ts';
 import { type CommittedIndex, LowLevel } from './ll.ts';
 import { refCountValue } from './ref-count-tree.ts';
-import { decodeSpaceMapRoot, encodeSpaceMapRoot } from './root.ts';
+import { decodeSpaceMapRoot } from './root.ts';
 import type { SpaceMap } from './space-map.ts';
 
 /**
@@ -84,7 +84,7 @@ export class MetadataSpaceMap implements SpaceMap {
   }
 
   async count(b: number): Promise<number> {
-    this.checkBlock(b);
+    this.ll.checkBlock(b, 'metadata');
     return this.pending.get(b) ?? this.ll.count(b);
   }
 
@@ -101,8 +101,7 @@ export class MetadataSpaceMap implements SpaceMap {
 
   async newBlock(): Promise<number> {
     const freeNow = (b: number): boolean => !((this.pending.get(b) ?? 0) > 0);
-    let b = await this.ll.findFree(this.cursor, this.ll.nrBlocks, this.committed, freeNow);
-    if (b < 0) b = await this.ll.findFree(0, this.cursor, this.committed, freeNow);
+    const b = await this.ll.findFreeFrom(this.cursor, this.committed, freeNow);
     if (b < 0) throw new IoError('ENOSPC', `${this.tm.bm.name}: no free metadata block`, { device: this.tm.bm.name });
     this.cursor = b + 1;
     await this.setPending(b, 1);
@@ -166,23 +165,12 @@ export class MetadataSpaceMap implements SpaceMap {
   }
 
   private encodeRoot(): Buffer {
-    return encodeSpaceMapRoot({
-      nrBlocks: this.ll.nrBlocks,
-      nrAllocated: this.ll.nrAllocated + this.pendingAllocated,
-      bitmapRoot: this.indexBlocknr,
-      refCountRoot: this.ll.refCountRoot,
-    });
+    return this.ll.encodeRoot(this.indexBlocknr, this.ll.nrAllocated + this.pendingAllocated);
   }
 
   private async setPending(b: number, count: number): Promise<void> {
     const before = await this.count(b);
     this.pending.set(b, count);
     this.pendingAllocated += Number(count > 0) - Number(before > 0);
-  }
-
-  private checkBlock(b: number): void {
-    if (!Number.isSafeInteger(b) || b < 0 || b >= this.ll.nrBlocks) {
-      throw new IoError('EINVAL', `${this.tm.bm.name}: metadata block ${b} outside the space map (${this.ll.nrBlocks} blocks)`);
-    }
   }
 }
