@@ -19,8 +19,10 @@ export interface Row extends FioResult {
   /** Server CPU per I/O in µs (cpuSeconds over the I/Os of the whole job). */
   cpuUsPerIo?: number;
   peakRssBytes?: number;
-  /** dmkit rows: dmkit over the peer row of the same backing and workload. */
-  vsPeer?: { peer: string; iops: number; p99: number; cpuPerIo: number };
+  /** What else the row needs said (e.g. how far hydration got during the job). */
+  note?: string;
+  /** dmkit rows: dmkit over the peer row of the same backing and workload (mbps: for copy rows, which have no IOPS). */
+  vsPeer?: { peer: string; iops: number; mbps: number; p99: number; cpuPerIo: number };
 }
 
 export interface Machine {
@@ -68,6 +70,7 @@ export function attachRatios(rows: Row[], peerOf: (row: Row) => string | undefin
     row.vsPeer = {
       peer: peer.server,
       iops: row.iops / peer.iops,
+      mbps: row.mbps / peer.mbps,
       p99: row.p99us / peer.p99us,
       cpuPerIo: (row.cpuUsPerIo ?? NaN) / (peer.cpuUsPerIo ?? NaN),
     };
@@ -75,7 +78,7 @@ export function attachRatios(rows: Row[], peerOf: (row: Row) => string | undefin
 }
 
 const fixed = (v: number | undefined, digits: number): string => (v === undefined || Number.isNaN(v) ? '—' : v.toFixed(digits));
-const count = (v: number): string => (v >= 10_000 ? `${(v / 1000).toFixed(1)}k` : v.toFixed(0));
+const count = (v: number): string => (Number.isNaN(v) ? '—' : v >= 10_000 ? `${(v / 1000).toFixed(1)}k` : v.toFixed(0));
 
 export function markdown(report: Report, workloadLabel: (id: string) => string): string {
   const m = report.machine;
@@ -90,9 +93,12 @@ export function markdown(report: Report, workloadLabel: (id: string) => string):
       '| workload | server | IOPS | MB/s | p50 µs | p99 µs | CPU s | CPU µs/IO | peak RSS MiB | dmkit/peer IOPS |',
       '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|');
     for (const r of report.rows.filter((x) => x.backing === backing)) {
-      const ratio = r.vsPeer ? `**${r.vsPeer.iops.toFixed(2)}** vs ${r.vsPeer.peer}` : '';
+      const ratio = !r.vsPeer ? ''
+        : Number.isNaN(r.vsPeer.iops) ? `**${r.vsPeer.mbps.toFixed(2)}** (MB/s) vs ${r.vsPeer.peer}`
+        : `**${r.vsPeer.iops.toFixed(2)}** vs ${r.vsPeer.peer}`;
+      const server = r.note ? `${r.server} (${r.note})` : r.server;
       const rss = r.peakRssBytes === undefined ? undefined : r.peakRssBytes / 2 ** 20;
-      out.push(`| ${workloadLabel(r.workload)} | ${r.server} | ${count(r.iops)} | ${fixed(r.mbps, 1)} | ${fixed(r.p50us, 1)} | ` +
+      out.push(`| ${workloadLabel(r.workload)} | ${server} | ${count(r.iops)} | ${fixed(r.mbps, 1)} | ${fixed(r.p50us, 1)} | ` +
         `${fixed(r.p99us, 1)} | ${fixed(r.cpuSeconds, 2)} | ${fixed(r.cpuUsPerIo, 1)} | ${fixed(rss, 0)} | ${ratio} |`);
     }
     out.push('');

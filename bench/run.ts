@@ -7,6 +7,7 @@
  *   npm run bench                       full run, about 13 minutes
  *   npm run bench -- --quick            1 s jobs on smaller devices, under 3 minutes
  *   npm run bench -- --only=REGEX       only rows whose "backing/server/workload" matches
+ *   npm run bench -- --only='thin|integrity|mirror|clone'   only the target rows (bench/targets.ts)
  *   npm run bench -- --cpu-prof=DIR     dmkit servers write V8 CPU profiles into DIR on exit
  *   npm run bench -- --pin              servers on the last CPU, fio on the others (taskset)
  *
@@ -16,20 +17,11 @@ import { randomFillSync } from 'node:crypto';
 import { mkdirSync, openSync, closeSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { type FioOptions, type FioTarget, WORKLOADS, ioUringWorks, runFio } from './fio.ts';
-import { cpuSeconds, peakRss, resetPeakRss } from './proc.ts';
-import { type Report, type Role, type Row, attachRatios, describeMachine, markdown } from './report.ts';
+import { type FioOptions, WORKLOADS, ioUringWorks, workload } from './fio.ts';
+import { type Contender, measure } from './measure.ts';
+import { type Report, type Row, attachRatios, describeMachine, markdown } from './report.ts';
 import { type BenchServer, type Launch, startDmkitMemory, startDmkitServe, startNbdkit } from './servers.ts';
-
-interface Contender {
-  server: string;
-  role: Role;
-  target: FioTarget;
-  /** The process whose CPU and memory the row reports. */
-  process?: BenchServer;
-  /** dmkit rows: the server name of the row to compare with. */
-  peer?: string;
-}
+import { COPY_LABELS, targetRows } from './targets.ts';
 
 interface Backing {
   name: string;
@@ -67,22 +59,6 @@ function createBackingFile(path: string, bytes: number): void {
   } finally {
     closeSync(fd);
   }
-}
-
-async function measure(backing: string, c: Contender, workload: string): Promise<Row> {
-  const w = WORKLOADS.find((x) => x.id === workload)!;
-  const pid = c.process?.pid;
-  const peakResettable = pid !== undefined && resetPeakRss(pid);
-  const cpuBefore = pid === undefined ? 0 : cpuSeconds(pid);
-  const result = await runFio(c.target, w, fioOptions);
-  const row: Row = { backing, workload, server: c.server, role: c.role, ...result };
-  if (pid !== undefined) {
-    row.cpuSeconds = cpuSeconds(pid) - cpuBefore;
-    const ios = result.iops * (fioOptions.runtimeSeconds + fioOptions.rampSeconds);
-    row.cpuUsPerIo = (row.cpuSeconds / ios) * 1e6;
-    if (peakResettable) row.peakRssBytes = peakRss(pid);
-  }
-  return row;
 }
 
 async function main(): Promise<void> {
@@ -145,16 +121,22 @@ async function main(): Promise<void> {
         for (const c of backing.contenders) {
           if (only && !only.test(`${backing.name}/${c.server}/${w.id}`)) continue;
           console.error(`bench: ${backing.name} / ${w.id} / ${c.server}`);
-          rows.push(await measure(backing.name, c, w.id));
+          rows.push(await measure(backing.name, c, w.id, fioOptions));
         }
       }
     }
     const peers = new Map(backings.flatMap((b) => b.contenders.map((c) => [c.server, c.peer] as const)));
+    const targetPeers = new Map<string, string>();
+    rows.push(...await targetRows({
+      dmkit, socket: join(diskDir, 'data', 'dmkit.sock'), shmDir, fio: fioOptions, launch, peers: targetPeers,
+      wanted: (row) => !only || only.test(row),
+    }));
+    for (const [server, peer] of targetPeers) peers.set(server, peer);
     attachRatios(rows, (row) => peers.get(row.server));
 
     const { runtimeSeconds, rampSeconds, sizeBytes, jobs } = fioOptions;
     const report: Report = { date, quick, pinned: pin, runtimeSeconds, rampSeconds, sizeBytes, jobs, machine: describeMachine(), rows };
-    const table = markdown(report, (id) => WORKLOADS.find((w) => w.id === id)!.label);
+    const table = markdown(report, (id) => COPY_LABELS[id] ?? workload(id).label);
     console.log(table);
     const results = join(import.meta.dirname, 'results');
     mkdirSync(results, { recursive: true });

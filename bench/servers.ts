@@ -46,13 +46,16 @@ export async function startDmkitMemory(sectors: number, launch: Launch): Promise
   return managed('dmkit (in-process registry)', child, Number(line.slice(5)));
 }
 
-/** `nbdkit -f PLUGIN ARGS` on a free port; ready once it wrote its pid file (after binding). */
-export async function startNbdkit(plugin: string[], pidFile: string, launch: Launch): Promise<BenchServer> {
+/**
+ * `nbdkit -f [--filter=F] PLUGIN ARGS` on a free port; ready once it wrote its pid file (after binding).
+ * `env` adds to the environment (TMPDIR: where the cow filter keeps its overlay).
+ */
+export async function startNbdkit(plugin: string[], pidFile: string, launch: Launch, env: Record<string, string> = {}): Promise<BenchServer> {
   const port = await freePort();
   const child = spawnWith(launch.prefix, 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), '-P', pidFile, ...plugin],
-    { stdio: ['ignore', 'ignore', 'pipe'] });
-  await waitFor(child, `nbdkit ${plugin[0]}`, () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '');
-  return managed(`nbdkit ${plugin[0]}`, child, port);
+    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  await waitFor(child, `nbdkit ${plugin.join(' ')}`, () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '');
+  return managed(`nbdkit ${plugin.join(' ')}`, child, port);
 }
 
 /** A started server; one that dies before stop() says so on stderr, with the end of its own stderr. */
