@@ -3,8 +3,9 @@
  * resume, remove, message, wait (basic-targets §6.1–6.3). Like dmsetup they
  * print nothing on success; `--json` prints the daemon's result.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import { type Command, type Context, forEachDevice, usageError } from './command.ts';
-import { formatMessageReply } from './format.ts';
+import { formatMessageReply, formatProgress } from './format.ts';
 import { readTableArg } from './table-input.ts';
 
 const TABLE_OPTIONS = {
@@ -123,14 +124,41 @@ export const message: Command = {
 
 export const wait: Command = {
   name: 'wait',
-  usage: 'wait NAME [EVENT_NR]',
-  summary: "block until the device's event number differs from EVENT_NR (default 0)",
-  options: {},
+  usage: 'wait NAME [EVENT_NR] | wait --progress NAME',
+  summary: "block until the device's event number differs from EVENT_NR (default 0); --progress: follow hydration/resync to the end",
+  options: { progress: { type: 'boolean' } },
   args: { min: 1, max: 2 },
   async run(ctx) {
     const [name, eventText = '0'] = ctx.args as [string, string?];
+    if (ctx.flag('progress')) return followProgress(ctx, name);
     if (!/^\d+$/.test(eventText) || Number(eventText) > 0xffffffff) throw usageError(ctx.command, `invalid event number "${eventText}"`);
     const client = await ctx.client();
     return each(ctx, [name], () => client.call('wait', { name, eventNr: Number(eventText) }));
   },
 };
+
+const PROGRESS_POLL_MS = 500;
+
+/**
+ * Follows the device's background work (ARCHITECTURE §7) until every target
+ * reports it done: one redrawn line on a terminal, a line per change otherwise.
+ */
+async function followProgress(ctx: Context, name: string): Promise<number> {
+  const client = await ctx.client();
+  const tty = (ctx.io.stdout as { isTTY?: boolean }).isTTY === true;
+  let last = '';
+  for (;;) {
+    const entries = await client.call('progress', { name });
+    const done = entries.every((e) => e.done >= e.total);
+    if (ctx.json) {
+      if (done) ctx.printJson(entries);
+    } else {
+      const line = entries.length === 0 ? `${name}: no background work` : formatProgress(name, entries);
+      if (line !== last) ctx.print(tty ? `\r${line}\x1b[K` : `${line}\n`);
+      last = line;
+      if (done && tty) ctx.print('\n');
+    }
+    if (done) return 0;
+    await delay(PROGRESS_POLL_MS);
+  }
+}

@@ -110,3 +110,14 @@ export function formatDeviceError(command: string, name: string, code: string, m
   const text = message.startsWith(`${name}: `) ? message.slice(name.length + 2) : message;
   return `${command} ${name}: ${text}${text.includes(`(-${code})`) ? '' : ` (-${code})`}`;
 }
+
+const BAR_WIDTH = 30;
+
+/** `vol: [#########.....................]  31% 1290/4096 regions hydrated` (one target: its line; several: joined). */
+export function formatProgress(name: string, entries: readonly { type: string; what: string; done: number; total: number }[]): string {
+  return `${name}: ` + entries.map((e) => {
+    const frac = e.total === 0 ? 1 : Math.min(1, e.done / e.total);
+    const filled = Math.floor(frac * BAR_WIDTH);
+    return `[${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}] ${String(Math.floor(frac * 100)).padStart(3)}% ${e.done}/${e.total} ${e.what}`;
+  }).join(', ');
+}

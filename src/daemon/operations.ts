@@ -69,6 +69,7 @@ const HANDLERS: { [K in Op]: Handler<K> } = {
     await r.wait(a.name, a.eventNr ?? 0, signal);
     return toDeviceInfo(md.info());
   },
+  progress: (r, a) => r.progress(a.name),
   targets: (r) => r.targets.list().map((t) => ({ name: t.name, version: [...t.version] as [number, number, number] })),
   version: () => ({ version: PACKAGE_VERSION, driver: DRIVER_VERSION }),
 };

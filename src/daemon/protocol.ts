@@ -46,6 +46,14 @@ export interface DepsResult {
   deps: { major: number; minor: number; name: string }[];
 }
 
+export interface ProgressEntry {
+  start: number;
+  type: string;
+  what: string;
+  done: number;
+  total: number;
+}
+
 export interface TargetVersion {
   name: string;
   version: [number, number, number];
@@ -68,6 +76,7 @@ export interface Requests {
   /** The message text, split into words by the daemon as the kernel does (dm_split_args). */
   message: { name: string; sector: number; message: string };
   wait: { name: string; eventNr?: number };
+  progress: { name: string };
   targets: Record<string, never>;
   version: Record<string, never>;
 }
@@ -88,6 +97,8 @@ export interface Results {
   message: { reply: string | null };
   /** The device once its event number differs from the one waited on. */
   wait: DeviceInfo;
+  /** Background work of the live table's targets (hydration, resync …); empty when there is none. */
+  progress: ProgressEntry[];
   targets: TargetVersion[];
   version: { version: string; driver: string };
 }
@@ -129,6 +140,7 @@ const FIELDS: { [K in Op]: { [F in keyof Requests[K]]-?: FieldSpec } } = {
   deps: { name: req('string'), inactive: opt('boolean') },
   message: { name: req('string'), sector: req('integer'), message: req('string') },
   wait: { name: req('string'), eventNr: opt('integer') },
+  progress: { name: req('string') },
   targets: {},
   version: {},
 };

@@ -15,7 +15,7 @@ import { DM_MAJOR, MappedDevice, type MappedDeviceInfo } from './mapped-device.t
 import { Table, type TableEnv } from './table.ts';
 import { parseTableText } from './table-text.ts';
 import type { TargetRegistry } from './target-registry.ts';
-import type { Clock, DeviceRef, Logger, StatusType } from './target.ts';
+import type { Clock, DeviceRef, Logger, StatusType, TargetProgress } from './target.ts';
 
 /** Loop-device major: backing files are numbered 7:N as losetup would. */
 export const LOOP_MAJOR = 7;
@@ -199,6 +199,16 @@ export class DeviceRegistry extends EventEmitter {
     return (table?.entries ?? [])
       .filter((e) => opts.target === undefined || e.type.name === opts.target)
       .map((e) => ({ start: e.begin, length: e.length, type: e.type.name, params: e.target.status(opts.type) }));
+  }
+
+  /** Background work of every target of the live table that has some, in table order. */
+  progress(name: string): (TargetProgress & { start: number; type: string })[] {
+    const out: (TargetProgress & { start: number; type: string })[] = [];
+    for (const e of this.get(name).live?.entries ?? []) {
+      const p = e.target.progress?.();
+      if (p) out.push({ start: e.begin, type: e.type.name, ...p });
+    }
+    return out;
   }
 
   /** TABLE_DEPS: distinct underlying devices, most recently first referenced first. */

@@ -82,6 +82,13 @@ export interface TargetLimits {
 
 export type StatusType = 'info' | 'table';
 
+/** Background work of one target: `done` of `total` units (regions), and what the work is. */
+export interface TargetProgress {
+  readonly what: string;
+  readonly done: number;
+  readonly total: number;
+}
+
 export interface SuspendOptions {
   /** dmsetup suspend --noflush */
   noflush: boolean;
@@ -112,6 +119,11 @@ export interface Target {
   areas(): DeviceArea[];
   /** The text after `start length type ` in `dmsetup status` (info) or `dmsetup table` (table). */
   status(type: StatusType): string;
+  /**
+   * Long-running background work (hydration, resync, recalculation): how far
+   * it got, for `dmkit wait --progress`. Absent or undefined: none.
+   */
+  progress?(): TargetProgress | undefined;
   /** dmsetup message; returns response text, if any. Absent: "Target type does not support messages". */
   message?(argv: string[]): Promise<string | undefined>;
   presuspend?(opts: SuspendOptions): Promise<void>;

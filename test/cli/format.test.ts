@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   NO_DEVICES, formatConcise, formatDeps, formatDeviceError, formatDriverVersion, formatInfo, formatLibraryVersion,
-  formatLs, formatMessageReply, formatTable, formatTargets,
+  formatLs, formatMessageReply, formatProgress, formatTable, formatTargets,
 } from '../../src/cli/format.ts';
 import type { DeviceInfo, TableResult } from '../../src/daemon/protocol.ts';
 
@@ -174,5 +174,14 @@ describe('message replies and errors', () => {
       'create x: line 1: 253:0: linear: Device lookup failed (-ENOENT)',
     );
     assert.equal(formatDeviceError('remove', 'x', 'EBUSY', 'x: device is in use (open count 1)'), 'remove x: device is in use (open count 1) (-EBUSY)');
+  });
+});
+
+describe('wait --progress line', () => {
+  it('draws a 30-column bar with the percentage and counts of each target', () => {
+    assert.equal(formatProgress('c', [{ type: 'clone', what: 'regions hydrated', done: 1290, total: 4096 }]),
+      'c: [#########.....................]  31% 1290/4096 regions hydrated');
+    assert.equal(formatProgress('m', [{ type: 'mirror', what: 'regions in sync', done: 0, total: 0 }]),
+      `m: [${'#'.repeat(30)}] 100% 0/0 regions in sync`);
   });
 });

@@ -17,7 +17,7 @@ import { IoError, toIoError } from '../../block/errors.ts';
 import { kstrtouint } from '../../mapper/args.ts';
 import { inheritLimits } from '../../mapper/limits.ts';
 import type {
-  DeviceArea, DeviceRef, StatusType, SuspendOptions, Target, TargetContext, TargetLimits, TargetType,
+  DeviceArea, DeviceRef, StatusType, SuspendOptions, Target, TargetContext, TargetLimits, TargetProgress, TargetType,
 } from '../../mapper/target.ts';
 import { ctrError, lookupDevice } from '../common/dev-offset.ts';
 import { targetIoError, unsupported } from '../common/io.ts';
@@ -535,6 +535,11 @@ export class CloneTarget implements Target, HydrationHost {
    * commit writes: hydrated regions come from the in-core map in Linux too,
    * and the metadata usage includes the running transaction's blocks.
    */
+  /** Hydrated regions of all (dmkit wait --progress). */
+  progress(): TargetProgress {
+    return { what: 'regions hydrated', done: this.md.nrHydrated, total: this.nrRegions };
+  }
+
   status(type: StatusType): string {
     const { meta, dest, source } = this.devs;
     if (type === 'table') return `${meta.id} ${dest.id} ${source.id}${this.tableArgs.map((a) => ` ${a}`).join('')}`;

@@ -18,7 +18,7 @@ import { parseU32Wrapping } from '../../mapper/args.ts';
 import { inheritLimits } from '../../mapper/limits.ts';
 import { RequeueRequest } from '../../mapper/requeue.ts';
 import type {
-  DeviceArea, StatusType, SuspendOptions, Target, TargetContext, TargetLimits, TargetType,
+  DeviceArea, StatusType, SuspendOptions, Target, TargetContext, TargetLimits, TargetProgress, TargetType,
 } from '../../mapper/target.ts';
 import { ctrError, lookupDevice, parseOffset } from '../common/dev-offset.ts';
 import { type TargetOp, isNotSupported, targetIoError, unsupported } from '../common/io.ts';
@@ -526,6 +526,11 @@ export class MirrorSet implements Target {
   }
 
   // ---- status (§10) --------------------------------------------------------
+
+  /** Regions in sync of all (dmkit wait --progress). */
+  progress(): TargetProgress {
+    return { what: 'regions in sync', done: this.log.syncCount, total: this.log.regionCount };
+  }
 
   status(type: StatusType): string {
     if (type === 'info') {
