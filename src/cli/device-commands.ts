@@ -124,8 +124,8 @@ export const message: Command = {
 
 export const wait: Command = {
   name: 'wait',
-  usage: 'wait NAME [EVENT_NR] | wait --progress NAME',
-  summary: "block until the device's event number differs from EVENT_NR (default 0); --progress: follow hydration/resync to the end",
+  usage: 'wait [--progress] NAME [EVENT_NR]',
+  summary: "block until the device's event number differs from EVENT_NR (default 0); --progress: follow its resync or hydration to the end",
   options: { progress: { type: 'boolean' } },
   args: { min: 1, max: 2 },
   async run(ctx) {

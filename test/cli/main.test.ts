@@ -20,7 +20,7 @@ describe('dmkit command line', () => {
     assert.deepEqual(await cli(['--help']), { ...help });
     const none = await cli([]);
     assert.deepEqual(none, { stdout: '', stderr: help.stdout, code: 1 });
-    assert.deepEqual(await cli(['help', 'wait']), { stdout: "usage: dmkit wait NAME [EVENT_NR]\n  block until the device's event number differs from EVENT_NR (default 0)\n", stderr: '', code: 0 });
+    assert.deepEqual(await cli(['help', 'wait']), { stdout: "usage: dmkit wait [--progress] NAME [EVENT_NR]\n  block until the device's event number differs from EVENT_NR (default 0); --progress: follow its resync or hydration to the end\n", stderr: '', code: 0 });
     assert.deepEqual(await cli(['clear', '--help']), { stdout: 'usage: dmkit clear NAME\n  drop the inactive table\n', stderr: '', code: 0 });
   });
 
@@ -30,7 +30,7 @@ describe('dmkit command line', () => {
       [['clear'], 'dmkit: clear: missing device name (usage: dmkit clear NAME)\n'],
       [['message', 'a', '0'], 'dmkit: message: missing argument (usage: dmkit message NAME SECTOR WORD...)\n'],
       [['info', '--bogus'], "dmkit: info: unknown option '--bogus' (usage: dmkit info [--inactive] [NAME...])\n"],
-      [['wait', 'a', 'x'], 'dmkit: wait: invalid event number "x" (usage: dmkit wait NAME [EVENT_NR])\n'],
+      [['wait', 'a', 'x'], 'dmkit: wait: invalid event number "x" (usage: dmkit wait [--progress] NAME [EVENT_NR])\n'],
       [['create', 'a', '--table', '0 8 zero', 'file.table'], 'dmkit: create: give the table once: --table, --file or a table file (usage: dmkit create NAME [--table LINE]... [--file F | TABLE_FILE] [-u UUID] [-r|--readonly] [--notable])\n'],
       [['create', 'a', '/nonexistent/t.table'], 'dmkit: create: table file /nonexistent/t.table: No such file or directory\n'],
       [['serve', '--listen', 'localhost'], 'dmkit: serve: --listen localhost: expected HOST:PORT, e.g. 127.0.0.1:10809 or [::1]:0 (port 0: any free port) (usage: dmkit serve [--config FILE] [--data-dir DIR] [--socket PATH] [--listen HOST:PORT]... [--unix PATH]... [--read-only])\n'],
