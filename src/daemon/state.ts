@@ -115,7 +115,7 @@ export class StateWriter {
   }
 }
 
-/** temp → fsync → rename → fsync(dir): the file is either the old or the new text after a crash. */
+/** temp → fsync → rename → fsync(dir): R2 for a file — the new text is durable before the rename commits it, so after a crash the file is either the old or the new text. */
 async function writeDurably(path: string, text: string): Promise<void> {
   const temp = `${path}.tmp`;
   const file = await open(temp, 'w', 0o600);
