@@ -3,7 +3,7 @@ import {
   SECTOR_SHIFT, SECTOR_SIZE, checkBuffer, checkRequest, makeLimits,
 } from './device.ts';
 import { IoError } from './errors.ts';
-import { chunkExtents } from './extents.ts';
+import { chunkExtents, forEachChunkPiece } from './chunks.ts';
 
 const CHUNK_SHIFT = 16; // 64 KiB chunks: allocation is per chunk, never per sector
 const CHUNK_BYTES = 1 << CHUNK_SHIFT;
@@ -90,7 +90,7 @@ export class MemoryDevice implements BlockDevice {
   }
 
   private copyOut(offset: number, into: Buffer): void {
-    this.forEachPiece(offset, into.length, (chunk, within, done, n) => {
+    forEachChunkPiece(offset, into.length, CHUNK_BYTES, (chunk, within, done, n) => {
       const buf = this.chunks.get(chunk);
       if (buf) buf.copy(into, done, within, within + n);
       else into.fill(0, done, done + n);
@@ -98,7 +98,7 @@ export class MemoryDevice implements BlockDevice {
   }
 
   private copyIn(offset: number, data: Buffer): void {
-    this.forEachPiece(offset, data.length, (chunk, within, done, n) => {
+    forEachChunkPiece(offset, data.length, CHUNK_BYTES, (chunk, within, done, n) => {
       let buf = this.chunks.get(chunk);
       if (!buf) {
         buf = Buffer.alloc(CHUNK_BYTES);
@@ -109,27 +109,11 @@ export class MemoryDevice implements BlockDevice {
   }
 
   private zeroRange(sector: number, count: number, unmap: boolean): void {
-    this.forEachPiece(sector * 512, count * 512, (chunk, within, _done, n) => {
+    forEachChunkPiece(sector * SECTOR_SIZE, count * SECTOR_SIZE, CHUNK_BYTES, (chunk, within, _done, n) => {
       const buf = this.chunks.get(chunk);
       if (!buf) return;
       if (unmap && n === CHUNK_BYTES) this.chunks.delete(chunk);
       else buf.fill(0, within, within + n);
     });
-  }
-
-  /**
-   * Calls `piece` for each part of the bytes [offset, offset + length) that
-   * lies in one chunk: the chunk's number, where the part starts in the
-   * chunk and in the range, and its length.
-   */
-  private forEachPiece(offset: number, length: number, piece: (chunk: number, within: number, done: number, n: number) => void): void {
-    for (let done = 0; done < length; ) {
-      const pos = offset + done;
-      const chunk = Math.floor(pos / CHUNK_BYTES);
-      const within = pos - chunk * CHUNK_BYTES;
-      const n = Math.min(length - done, CHUNK_BYTES - within);
-      piece(chunk, within, done, n);
-      done += n;
-    }
   }
 }

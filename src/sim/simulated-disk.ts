@@ -3,7 +3,7 @@ import {
   SECTOR_SIZE, checkBuffer, checkRequest, makeLimits,
 } from '../block/device.ts';
 import { IoError } from '../block/errors.ts';
-import { chunkExtents } from '../block/extents.ts';
+import { chunkExtents } from '../block/chunks.ts';
 import { type CrashSelection, DiskState, type KeptWrite, type PendingWrite, type WriteRequest } from './disk-state.ts';
 import { type Fault, type FaultOp, type FaultRule, FaultSet, corruptSectors } from './faults.ts';
 import type { Rng } from './rng.ts';

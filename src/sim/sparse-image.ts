@@ -1,3 +1,4 @@
+import { forEachChunkPiece } from '../block/chunks.ts';
 import { SECTOR_SIZE } from '../block/device.ts';
 
 /** Allocation unit of an image: 4 KiB keeps a crash overlay that touches a few sectors small. */
@@ -55,7 +56,7 @@ export class SparseImage {
   }
 
   read(sector: number, into: Buffer): void {
-    this.each(sector, into.length, (chunk, within, done, n) => {
+    forEachChunkPiece(sector * SECTOR_SIZE, into.length, CHUNK_BYTES, (chunk, within, done, n) => {
       const buf = this.lookup(chunk);
       if (buf) buf.copy(into, done, within, within + n);
       else into.fill(0, done, done + n);
@@ -63,13 +64,13 @@ export class SparseImage {
   }
 
   write(sector: number, data: Buffer): void {
-    this.each(sector, data.length, (chunk, within, done, n) => {
+    forEachChunkPiece(sector * SECTOR_SIZE, data.length, CHUNK_BYTES, (chunk, within, done, n) => {
       data.copy(this.writable(chunk, n === CHUNK_BYTES), within, done, done + n);
     });
   }
 
   zero(sector: number, count: number): void {
-    this.each(sector, count * SECTOR_SIZE, (chunk, within, _done, n) => {
+    forEachChunkPiece(sector * SECTOR_SIZE, count * SECTOR_SIZE, CHUNK_BYTES, (chunk, within, _done, n) => {
       if (n === CHUNK_BYTES) {
         // A whole zero chunk frees its buffer; only an overlay needs the marker.
         if (this.base) this.chunks.set(chunk, null);
@@ -103,17 +104,5 @@ export class SparseImage {
     this.chunks.set(chunk, buf);
     this.owned.add(chunk);
     return buf;
-  }
-
-  private each(sector: number, length: number, fn: (chunk: number, within: number, done: number, n: number) => void): void {
-    const offset = sector * SECTOR_SIZE;
-    for (let done = 0; done < length; ) {
-      const pos = offset + done;
-      const chunk = Math.floor(pos / CHUNK_BYTES);
-      const within = pos - chunk * CHUNK_BYTES;
-      const n = Math.min(length - done, CHUNK_BYTES - within);
-      fn(chunk, within, done, n);
-      done += n;
-    }
   }
 }

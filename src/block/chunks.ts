@@ -1,3 +1,7 @@
+/**
+ * Fixed-size chunk allocation, shared by the sparse in-memory images
+ * (MemoryDevice, SimulatedDisk's SparseImage).
+ */
 import type { Extent } from './device.ts';
 
 /**
@@ -18,4 +22,25 @@ export function chunkExtents(sector: number, count: number, chunkSectors: number
     s = next;
   }
   return out;
+}
+
+/**
+ * Calls `piece` for each part of the bytes [offset, offset + length) that lies
+ * in one chunk of `chunkBytes`: the chunk's number, where the part starts in
+ * the chunk and in the range, and its length.
+ */
+export function forEachChunkPiece(
+  offset: number,
+  length: number,
+  chunkBytes: number,
+  piece: (chunk: number, within: number, done: number, n: number) => void,
+): void {
+  for (let done = 0; done < length; ) {
+    const pos = offset + done;
+    const chunk = Math.floor(pos / chunkBytes);
+    const within = pos - chunk * chunkBytes;
+    const n = Math.min(length - done, chunkBytes - within);
+    piece(chunk, within, done, n);
+    done += n;
+  }
 }
