@@ -73,14 +73,15 @@ export const info: Command = {
 
 const tableOrStatus = (name: 'table' | 'status', summary: string, extra: Command['options']): Command => ({
   name,
-  usage: `${name} [--inactive] [--target TYPE]${name === 'table' ? ' [--concise]' : ''} [NAME...]`,
+  usage: `${name} [--inactive] [--target TYPE]${name === 'table' ? ' [--concise]' : ' [--noflush]'} [NAME...]`,
   summary,
   options: { inactive: { type: 'boolean' }, target: { type: 'string' }, ...extra },
   args: { min: 0, max: Infinity },
   ...(name === 'status' ? { missingDevice: 'Device does not exist.' } : {}),
   async run(ctx) {
     const target = ctx.option('target');
-    const fetch = (c: ControlClient, device: string) => c.call(name, { name: device, inactive: ctx.flag('inactive'), target });
+    const noflush = name === 'status' ? { noflush: ctx.flag('noflush') } : {};
+    const fetch = (c: ControlClient, device: string) => c.call(name, { name: device, inactive: ctx.flag('inactive'), target, ...noflush });
     if (!ctx.flag('concise') || ctx.json) return report(ctx, fetch, (r, multiple) => formatTable(r, { multiple, target }));
     const client = await ctx.client();
     const selection = await select(ctx, client);
@@ -96,7 +97,7 @@ const tableOrStatus = (name: 'table' | 'status', summary: string, extra: Command
 });
 
 export const table = tableOrStatus('table', "show the devices' tables", { concise: { type: 'boolean' } });
-export const status = tableOrStatus('status', "show the targets' status", {});
+export const status = tableOrStatus('status', "show the targets' status; thin-pool and clone commit first unless --noflush", { noflush: { type: 'boolean' } });
 
 export const deps: Command = {
   name: 'deps',

@@ -52,10 +52,13 @@ const HANDLERS: { [K in Op]: Handler<K> } = {
     device: toDeviceInfo(r.info(a.name, { inactive: a.inactive })),
     targets: r.status(a.name, { type: 'table', inactive: a.inactive, target: a.target }),
   }),
-  status: (r, a) => ({
-    device: toDeviceInfo(r.info(a.name, { inactive: a.inactive })),
-    targets: r.status(a.name, { type: 'info', inactive: a.inactive, target: a.target }),
-  }),
+  async status(r, a) {
+    if (!a.noflush) await r.prepareStatus(a.name, { inactive: a.inactive });
+    return {
+      device: toDeviceInfo(r.info(a.name, { inactive: a.inactive })),
+      targets: r.status(a.name, { type: 'info', inactive: a.inactive, target: a.target }),
+    };
+  },
   deps: (r, a) => ({
     device: toDeviceInfo(r.info(a.name, { inactive: a.inactive })),
     deps: r.deps(a.name, { inactive: a.inactive }).map((d) => ({ major: d.major, minor: d.minor, name: d.diskName })),

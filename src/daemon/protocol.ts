@@ -71,7 +71,8 @@ export interface Requests {
   list: Record<string, never>;
   info: { name: string; inactive?: boolean };
   table: { name: string; inactive?: boolean; target?: string };
-  status: { name: string; inactive?: boolean; target?: string };
+  /** `noflush`: dmsetup status --noflush, the figures without the commit thin-pool and clone run first. */
+  status: { name: string; inactive?: boolean; target?: string; noflush?: boolean };
   deps: { name: string; inactive?: boolean };
   /** The message text, split into words by the daemon as the kernel does (dm_split_args). */
   message: { name: string; sector: number; message: string };
@@ -136,7 +137,7 @@ const FIELDS: { [K in Op]: { [F in keyof Requests[K]]-?: FieldSpec } } = {
   list: {},
   info: { name: req('string'), inactive: opt('boolean') },
   table: { name: req('string'), inactive: opt('boolean'), target: opt('string') },
-  status: { name: req('string'), inactive: opt('boolean'), target: opt('string') },
+  status: { name: req('string'), inactive: opt('boolean'), target: opt('string'), noflush: opt('boolean') },
   deps: { name: req('string'), inactive: opt('boolean') },
   message: { name: req('string'), sector: req('integer'), message: req('string') },
   wait: { name: req('string'), eventNr: opt('integer') },

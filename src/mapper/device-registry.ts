@@ -192,13 +192,30 @@ export class DeviceRegistry extends EventEmitter {
     return this.get(name).info(opts.inactive);
   }
 
-  /** TABLE_STATUS: one line per target of the live (or staged) table, `--target` filtering. */
+  /**
+   * TABLE_STATUS: one line per target of the live (or staged) table,
+   * `--target` filtering. The figures as they are: a status request without
+   * --noflush runs prepareStatus first.
+   */
   status(name: string, opts: { type: StatusType; inactive?: boolean; target?: string }): StatusLine[] {
     const md = this.get(name);
     const table = opts.inactive ? md.inactive : md.live;
     return (table?.entries ?? [])
       .filter((e) => opts.target === undefined || e.type.name === opts.target)
       .map((e) => ({ start: e.begin, length: e.length, type: e.type.name, params: e.target.status(opts.type) }));
+  }
+
+  /**
+   * What a status request without --noflush runs before the figures are
+   * read (TABLE_STATUS without DM_STATUS_NOFLUSH_FLAG): every target of the
+   * live (or staged) table that brings its figures up to date does so —
+   * thin-pool and clone commit. Not serialised with the control operations,
+   * as Linux's status takes no suspend lock.
+   */
+  async prepareStatus(name: string, opts: { inactive?: boolean } = {}): Promise<void> {
+    const md = this.get(name);
+    const table = opts.inactive ? md.inactive : md.live;
+    for (const e of table?.entries ?? []) await e.target.prepareStatus?.();
   }
 
   /** Background work of every target of the live table that has some, in table order. */
@@ -292,7 +309,8 @@ export class DeviceRegistry extends EventEmitter {
       if (free.length === 0) throw new IoError('EBUSY', `devices still held: ${[...this.devices.keys()].join(', ')}`);
       for (const md of free) {
         await md.serialize(async () => {
-          if (md.live && !md.isSuspended) {
+          // A device held by an internal suspend (its pool is suspended) would hold the flush too.
+          if (md.live && !md.isSuspended && !md.isSuspendedInternally) {
             await md.flush().catch((err) => this.logger(md.name).error(`flush at shutdown failed: ${toIoError(err).message}`));
           }
           this.devices.delete(md.name);
@@ -320,6 +338,8 @@ export class DeviceRegistry extends EventEmitter {
       raiseEvent: (table) => {
         if (md.live === table) md.raiseEvent();
       },
+      internalSuspend: () => md.internalSuspend(),
+      internalResume: () => md.internalResume(),
     };
   }
 

@@ -41,8 +41,13 @@ export class MappedDevice implements BlockDevice {
   openCount = 0;
   private liveTable: Table | undefined;
   private inactiveTable: Table | undefined;
+  /** The user's suspend (DMF_SUSPENDED): what info reports. */
   private suspended = false;
-  /** Set from the start of suspend until resume: new I/O waits at the gate. */
+  /** Internal suspends in effect (Linux's internal_suspend_count); they nest, apart from the user's. */
+  private internalSuspends = 0;
+  /** User suspends and resumes waiting for the last internal resume. */
+  private internalResumeWaiters: (() => void)[] = [];
+  /** Set from the start of any suspend until the device runs again: new I/O waits at the gate. */
   private gateClosed = false;
   private readonly gateWaiters: (() => void)[] = [];
   private inflight = 0;
@@ -55,6 +60,12 @@ export class MappedDevice implements BlockDevice {
   private removed = false;
   /** Control operations on one device run one at a time. */
   private control: Promise<unknown> = Promise.resolve();
+  /**
+   * Linux's md->suspend_lock: suspends, resumes and internal ones run their
+   * hooks one at a time. Internal ones do not join `control`, so a pool can
+   * hold a thin device whose own control operation is waiting on the pool.
+   */
+  private suspendLock: Promise<unknown> = Promise.resolve();
 
   constructor(name: string, minor: number, uuid = '') {
     this.name = name;
@@ -76,6 +87,10 @@ export class MappedDevice implements BlockDevice {
 
   get isSuspended(): boolean {
     return this.suspended;
+  }
+
+  get isSuspendedInternally(): boolean {
+    return this.internalSuspends > 0;
   }
 
   get eventNr(): number {
@@ -208,6 +223,12 @@ export class MappedDevice implements BlockDevice {
     return run;
   }
 
+  private underSuspendLock<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.suspendLock.then(op, op);
+    this.suspendLock = run.catch(() => undefined);
+    return run;
+  }
+
   /** Stages a table; a previously staged one is destroyed (TABLE_LOAD). */
   async stage(table: Table): Promise<void> {
     const old = this.inactiveTable;
@@ -224,23 +245,25 @@ export class MappedDevice implements BlockDevice {
 
   /**
    * DEV_SUSPEND: close the gate, presuspend hooks, wait for every in-flight
-   * request, postsuspend hooks. Not a flush (§10.1 rule 5).
+   * request, postsuspend hooks. Not a flush (§10.1 rule 5). A device held
+   * by an internal suspend is suspended once that ends, as dm_suspend waits
+   * for DMF_SUSPENDED_INTERNALLY to clear.
    */
   async suspend(opts: SuspendOptions): Promise<void> {
-    if (this.suspended) return;
-    this.gateClosed = true;
-    const entries = this.liveTable?.entries ?? [];
-    for (const e of entries) await e.target.presuspend?.(opts);
-    if (this.inflight > 0) await new Promise<void>((resolve) => (this.drained = resolve));
-    for (const e of entries) await e.target.postsuspend?.(opts);
-    this.suspended = true;
+    await this.retryAfterInternalResume(async () => {
+      if (this.suspended) return;
+      if (this.internalSuspends > 0) return 'held';
+      await this.suspendTargets(opts);
+      this.suspended = true;
+    });
   }
 
   /**
    * DEV_SUSPEND without the suspend flag: swap in a staged table (validating
    * it first unless it was validated at load), then preresume/resume hooks and
    * reopen the gate. A failed validation destroys the staged table and leaves
-   * the device suspended with the old one (§3.2).
+   * the device suspended with the old one (§3.2). A device also held by an
+   * internal suspend resumes once that ends (dm_resume waits as dm_suspend does).
    */
   async resume(opts: SuspendOptions): Promise<void> {
     const next = this.inactiveTable;
@@ -260,12 +283,87 @@ export class MappedDevice implements BlockDevice {
       this.updateReadAhead(next);
       await old?.close();
     }
-    if (!this.suspended) return;
-    const table = this.liveTable;
-    if (!table || table.sectors === 0) throw new IoError('EINVAL', `${this.name}: cannot resume a device without a table`);
+    await this.retryAfterInternalResume(async () => {
+      if (!this.suspended) return;
+      if (this.internalSuspends > 0) return 'held';
+      const table = this.liveTable;
+      if (!table || table.sectors === 0) throw new IoError('EINVAL', `${this.name}: cannot resume a device without a table`);
+      await this.resumeTargets(table);
+      this.suspended = false;
+    });
+  }
+
+  /**
+   * dm_internal_suspend_noflush: holds the device's I/O for a target of
+   * another device (dm-thin's pool suspend). The first one suspends with
+   * noflush unless the user's suspend already holds everything; nested ones
+   * only count. The user-visible state (info) does not change.
+   */
+  internalSuspend(): Promise<void> {
+    return this.underSuspendLock(async () => {
+      if (this.internalSuspends++ > 0 || this.suspended) return;
+      await this.suspendTargets({ noflush: true });
+    });
+  }
+
+  /**
+   * dm_internal_resume: the last one resumes the device unless the user
+   * suspended it meanwhile or before; then it stays suspended for the
+   * user's resume. A refused preresume leaves the device suspended as if
+   * the user had suspended it, so resume and postsuspend hooks stay paired
+   * (Linux does the same); the refusal is the caller's to report.
+   */
+  internalResume(): Promise<void> {
+    return this.underSuspendLock(async () => {
+      if (this.internalSuspends === 0) throw new IoError('EINVAL', `${this.name}: internal resume without an internal suspend`);
+      if (--this.internalSuspends > 0) return;
+      try {
+        if (this.suspended) return;
+        if (this.liveTable) await this.resumeTargets(this.liveTable);
+        else this.openGate();
+      } catch (err) {
+        this.suspended = true;
+        throw err;
+      } finally {
+        for (const wake of this.internalResumeWaiters.splice(0)) wake();
+      }
+    });
+  }
+
+  /**
+   * Runs `step` under the suspend lock; a step that finds an internal
+   * suspend in effect returns 'held' and runs again after the last internal
+   * resume (dm_suspend and dm_resume wait for DMF_SUSPENDED_INTERNALLY to
+   * clear, then retry). The wait is outside the lock, which that resume needs.
+   */
+  private async retryAfterInternalResume(step: () => Promise<'held' | undefined>): Promise<void> {
+    for (;;) {
+      const held = await this.underSuspendLock(async () => {
+        if ((await step()) !== 'held') return undefined;
+        return { ended: new Promise<void>((wake) => this.internalResumeWaiters.push(wake)) };
+      });
+      if (!held) return;
+      await held.ended;
+    }
+  }
+
+  /** Linux's __dm_suspend and the postsuspend hooks. */
+  private async suspendTargets(opts: SuspendOptions): Promise<void> {
+    this.gateClosed = true;
+    const entries = this.liveTable?.entries ?? [];
+    for (const e of entries) await e.target.presuspend?.(opts);
+    if (this.inflight > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+    for (const e of entries) await e.target.postsuspend?.(opts);
+  }
+
+  /** Linux's __dm_resume: preresume and resume hooks, then the held requests go. */
+  private async resumeTargets(table: Table): Promise<void> {
     for (const e of table.entries) await e.target.preresume?.();
     for (const e of table.entries) await e.target.resume?.();
-    this.suspended = false;
+    this.openGate();
+  }
+
+  private openGate(): void {
     this.gateClosed = false;
     for (const wake of this.gateWaiters.splice(0)) wake();
   }
@@ -287,10 +385,19 @@ export class MappedDevice implements BlockDevice {
     this.readAheadSectors = Math.max(this.readAheadSectors ?? 0, wanted);
   }
 
-  /** Destroys both tables (DEV_REMOVE): suspends first when active, so no request is left in flight. */
+  /**
+   * Destroys both tables (DEV_REMOVE): suspends first unless the user did,
+   * so no request is left in flight. Without waiting for an internal resume
+   * (Linux's __dm_destroy): a thin device can be removed while its pool is
+   * suspended; its pool's resume then finds it gone.
+   */
   async destroy(): Promise<void> {
     const hadLive = this.liveTable !== undefined;
-    if (hadLive && !this.suspended) await this.suspend({ noflush: false });
+    await this.underSuspendLock(async () => {
+      if (!hadLive || this.suspended) return;
+      await this.suspendTargets({ noflush: false });
+      this.suspended = true;
+    });
     this.removed = true;
     await this.inactiveTable?.close();
     await this.liveTable?.close();

@@ -26,6 +26,9 @@ export interface TableEnv {
   releaseDevice(ref: DeviceRef): void;
   /** A target of this table raised an event (counted only while the table is live). */
   raiseEvent(table: Table): void;
+  /** The mapped device's internal suspend and resume, as TargetContext has them. */
+  internalSuspend(): Promise<void>;
+  internalResume(): Promise<void>;
 }
 
 export interface TableEntry {
@@ -111,6 +114,8 @@ export class Table {
                 return ref;
               },
               raiseEvent: () => table && env.raiseEvent(table),
+              internalSuspend: () => env.internalSuspend(),
+              internalResume: () => env.internalResume(),
             },
             splitArgs(line.params),
           );

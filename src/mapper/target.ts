@@ -54,6 +54,15 @@ export interface TargetContext {
   openDevice(arg: string): Promise<DeviceRef>;
   /** dm_table_event: bumps the mapped device's event number and wakes waiters. */
   raiseEvent(): void;
+  /**
+   * dm_internal_suspend_noflush on the mapped device this target belongs to:
+   * holds its new I/O and waits for the I/O in flight, without a flush.
+   * Nests, and is apart from the user's suspend: the device's info still
+   * reads active (dm-thin's pool suspend holds its thin devices this way).
+   */
+  internalSuspend(): Promise<void>;
+  /** dm_internal_resume: undoes one internalSuspend(); the last one lets the held I/O go, unless the user suspended the device too. */
+  internalResume(): Promise<void>;
 }
 
 /** One area of an underlying device a target uses (Linux's iterate_devices). */
@@ -119,6 +128,13 @@ export interface Target {
   areas(): DeviceArea[];
   /** The text after `start length type ` in `dmsetup status` (info) or `dmsetup table` (table). */
   status(type: StatusType): string;
+  /**
+   * Runs before an `info` status that does not carry --noflush (Linux does
+   * it inside its status method, unless DM_STATUS_NOFLUSH_FLAG): thin-pool
+   * and clone commit so the figures are current, unless suspended. A
+   * failed commit is not an error of the status request.
+   */
+  prepareStatus?(): Promise<void>;
   /**
    * Long-running background work (hydration, resync, recalculation): how far
    * it got, for `dmkit wait --progress`. Absent or undefined: none.

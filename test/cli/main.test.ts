@@ -22,6 +22,7 @@ describe('dmkit command line', () => {
     assert.deepEqual(none, { stdout: '', stderr: help.stdout, code: 1 });
     assert.deepEqual(await cli(['help', 'wait']), { stdout: "usage: dmkit wait [--progress] NAME [EVENT_NR]\n  block until the device's event number differs from EVENT_NR (default 0); --progress: follow its resync or hydration to the end\n", stderr: '', code: 0 });
     assert.deepEqual(await cli(['clear', '--help']), { stdout: 'usage: dmkit clear NAME\n  drop the inactive table\n', stderr: '', code: 0 });
+    assert.equal((await cli(['help', 'status'])).stdout, "usage: dmkit status [--inactive] [--target TYPE] [--noflush] [NAME...]\n  show the targets' status; thin-pool and clone commit first unless --noflush\n");
   });
 
   it('reports usage errors in one line before contacting the daemon', async () => {

@@ -78,6 +78,7 @@ describe('dmkit against a running daemon', () => {
     expectOut(['ls'], 'cat\t(253:2)\nempty\t(253:3)\nlin\t(253:0)\nstr\t(253:1)\n'),
     expectOut(['table', 'lin'], '0 2048 linear 7:0 1024\n'),
     expectOut(['status', 'lin'], '0 2048 linear \n'),
+    expectOut(['status', '--noflush', 'lin'], '0 2048 linear \n'),
     expectOut(['table'], [
       'cat: 0 1024 linear 7:1 0',
       'cat: 1024 1024 zero ',

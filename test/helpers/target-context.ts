@@ -31,6 +31,8 @@ export class ManualClock implements Clock {
 export interface FakeContext extends TargetContext {
   events: number;
   opened: DeviceRef[];
+  /** Internal suspends in effect: counted, as a unit test has no mapped device to hold. */
+  internalSuspends: number;
 }
 
 export function fakeContext(
@@ -62,6 +64,13 @@ export function fakeContext(
     },
     raiseEvent() {
       ctx.events++;
+    },
+    internalSuspends: 0,
+    async internalSuspend() {
+      ctx.internalSuspends++;
+    },
+    async internalResume() {
+      ctx.internalSuspends--;
     },
   };
   return ctx;

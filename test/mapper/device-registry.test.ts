@@ -221,3 +221,55 @@ test('a request a target hands back on a noflush suspend is reissued through the
   await write;
   assert.equal(disks['/dev/loop0']!.peek(3 * 512, 1)[0], 0x42);
 });
+
+test('internal suspends nest and hold I/O without showing in info; the user\'s suspend and resume wait them out', async () => {
+  const { registry } = memoryRegistry(TYPES, { '/dev/loop0': 4096 });
+  await registry.create('x', { table: ['0 100 testmap /dev/loop0 0'] });
+  const md = registry.get('x');
+  const turns = async () => {
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  };
+  const track = <T>(p: Promise<T>) => {
+    const t = { done: false, p: p.then(() => void (t.done = true)) };
+    return t;
+  };
+  hookLog.length = 0;
+  await md.internalSuspend();
+  await md.internalSuspend();
+  assert.deepEqual(hookLog, ['presuspend 0', 'postsuspend 0'], 'the nested one only counts');
+  assert.equal(registry.info('x').suspended, false);
+  const write = track(md.write(0, Buffer.alloc(512, 1)));
+  await md.internalResume();
+  await turns();
+  assert.equal(write.done, false, 'held until the last internal resume');
+  await md.internalResume();
+  await write.p;
+  assert.deepEqual(hookLog.slice(2), ['resume 0']);
+
+  // A user suspend during an internal one waits for it, then suspends.
+  await md.internalSuspend();
+  const userSuspend = track(registry.suspend('x'));
+  await turns();
+  assert.equal(userSuspend.done, false);
+  await md.internalResume();
+  await userSuspend.p;
+  assert.equal(registry.info('x').suspended, true);
+
+  // An internal suspend of a suspended device only counts; its resume leaves the user's suspend in place.
+  await md.internalSuspend();
+  const userResume = track(registry.resume('x'));
+  await turns();
+  assert.equal(userResume.done, false, 'the user\'s resume waits for the internal resume');
+  const held = track(md.write(0, Buffer.alloc(512, 2)));
+  await md.internalResume();
+  await userResume.p;
+  await held.p;
+  assert.equal(registry.info('x').suspended, false);
+  await assert.rejects(md.internalResume(), { code: 'EINVAL', message: 'x: internal resume without an internal suspend' });
+
+  // Removal does not wait for an internal resume.
+  await md.internalSuspend();
+  await registry.remove('x');
+  await md.internalResume();
+  assert.equal(registry.has('x'), false);
+});

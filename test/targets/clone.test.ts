@@ -9,9 +9,10 @@ import { describe, it } from 'node:test';
 import { MemoryDevice } from '../../src/block/memory-device.ts';
 import { cloneTarget } from '../../src/targets/clone/clone.ts';
 import { CloneMetadata } from '../../src/targets/clone/metadata.ts';
+import { memoryRegistry } from '../helpers/registry.ts';
 import { fakeContext } from '../helpers/target-context.ts';
 import { cloneRig, readBack, settle, sourceData, statusWords } from './clone-support.ts';
-import { assertIoError, assertRefused, pattern } from './support.ts';
+import { assertIoError, assertRefused, daemonStatus, pattern } from './support.ts';
 
 const GiB_SECTORS = 2097152;
 
@@ -283,21 +284,50 @@ describe('clone background hydration', () => {
     await t.close();
   });
 
-  it('a status request starts a commit; suspend waits for copies and commits', async () => {
+  it('a status request commits first, --noflush does not; suspend waits for copies and commits', async () => {
     const rig = await cloneRig(4096);
     const t = await rig.open(['8', '1', 'no_hydration']);
     await t.resume!();
     await t.write(0, pattern(1, 1), {});
     rig.meta.log.length = 0;
-    t.status('info');
+    t.status('info'); // what --noflush runs
     await settle();
-    assert.ok(rig.meta.log.includes('write@0+8'), 'the superblock was written');
+    assert.ok(!rig.meta.log.includes('write@0+8'), 'no superblock for a --noflush status');
+    await t.prepareStatus!();
+    assert.ok(rig.meta.log.includes('write@0+8'), 'the superblock was written before the status');
     await t.write(64, pattern(1, 1), {});
     rig.meta.log.length = 0;
     await t.presuspend!({ noflush: false });
     await t.postsuspend!({ noflush: false });
     assert.ok(rig.meta.log.includes('write@0+8'));
     await t.close();
+  });
+});
+
+describe('clone status through the mapper', () => {
+  it('a plain status commits the hydrated regions to disk first; --noflush does not (clone_status)', async () => {
+    const { registry, disks } = memoryRegistry([cloneTarget], { '/dev/meta': 8192, '/dev/dest': 4096, '/dev/source': 4096 });
+    await registry.create('cl', { table: ['0 4096 clone /dev/meta /dev/dest /dev/source 8 1 no_hydration'] });
+    const hydrated = async (noflush: boolean): Promise<string> => (await daemonStatus(registry, 'cl', { noflush })).split(' ')[3]!;
+    const onDisk = async (): Promise<number> => {
+      const md = await CloneMetadata.open(disks['/dev/meta']!, { regionSize: 8, targetSize: 4096, readOnly: true });
+      try {
+        return md.nrHydrated;
+      } finally {
+        await md.close();
+      }
+    };
+    const dev = registry.open('cl');
+    try {
+      await dev.write(0, pattern(1, 1));
+      assert.equal(await hydrated(true), '1/512', 'the in-core count');
+      assert.equal(await onDisk(), 0, '--noflush: the region is not committed');
+      assert.equal(await hydrated(false), '1/512');
+      assert.equal(await onDisk(), 1, 'a plain status committed it');
+    } finally {
+      await dev.close();
+      await registry.shutdown();
+    }
   });
 });
 

@@ -46,6 +46,13 @@ export function dmContext(
     raiseEvent() {
       ctx.events++;
     },
+    internalSuspends: 0,
+    async internalSuspend() {
+      ctx.internalSuspends++;
+    },
+    async internalResume() {
+      ctx.internalSuspends--;
+    },
   };
   return ctx;
 }

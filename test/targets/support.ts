@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import type { WriteOptions, WriteZeroesOptions } from '../../src/block/device.ts';
 import { IoError, type Errno } from '../../src/block/errors.ts';
 import { MemoryDevice, type MemoryDeviceOptions } from '../../src/block/memory-device.ts';
+import { runOp } from '../../src/daemon/operations.ts';
+import type { DeviceRegistry, StatusLine } from '../../src/mapper/device-registry.ts';
 import type { Target, TargetContext, TargetType } from '../../src/mapper/target.ts';
 
 /** Asserts that a constructor refuses `argv` with exactly Linux's ti->error and errno. */
@@ -105,4 +107,11 @@ export async function splitIo(
     s = next;
   }
   await Promise.all(pieces);
+}
+
+/** `dmkit status [--noflush] NAME` as the daemon runs it: the first target's status words. */
+export async function daemonStatus(registry: DeviceRegistry, name: string, opts: { noflush: boolean }): Promise<string> {
+  const ops = { registry, endExport: async () => undefined };
+  const reply = await runOp(ops, { id: 1, op: 'status', args: { name, noflush: opts.noflush } }, new AbortController().signal);
+  return (reply as { targets: StatusLine[] }).targets[0]!.params;
 }

@@ -2,7 +2,8 @@
  * thin-pool and thin through the mapper: constructor errors, table and
  * status lines and message replies exactly as Linux prints them
  * (spec/thin-metadata.md §9), provisioning, zeroing, sharing, discards,
- * extents, commits, out-of-space and metadata-failure modes.
+ * extents, commits (status's included), a pool suspend holding its thin
+ * devices, out-of-space and metadata-failure modes.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -14,6 +15,7 @@ import { ThinMetadata } from '../../src/pdata/thin/metadata.ts';
 import { Scheduler, SimulatedDisk } from '../../src/sim/index.ts';
 import { checkThinMetadata } from '../../src/tools/thin/check.ts';
 import { ManualClock } from '../helpers/target-context.ts';
+import { daemonStatus } from './support.ts';
 import { ThinStack, pattern, readSectors } from './thin-support.ts';
 
 const MiB = 2048; // sectors
@@ -26,6 +28,33 @@ async function rejects(p: Promise<unknown>, code: string, text: string | RegExp)
     else assert.match(err.message, text);
     return true;
   });
+}
+
+/** Mapped blocks of thin device `id` as the superblock on disk has them: the last commit. */
+async function committedMapped(meta: BlockDevice, id: number): Promise<number> {
+  const md = await ThinMetadata.open(meta, { readOnly: true });
+  try {
+    return (await md.deviceDetails(id))?.mappedBlocks ?? -1;
+  } finally {
+    await md.close();
+  }
+}
+
+/** Lets queued callbacks and promise chains run. */
+async function turns(n = 20): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+}
+
+/** Holds every write to `dev` until the returned release() is called; restore() puts the device back. */
+function holdWrites(dev: Spy): { release: () => void; restore: () => void } {
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const write = dev.write.bind(dev);
+  dev.write = async (sec, buf, o) => {
+    await held;
+    return write(sec, buf, o);
+  };
+  return { release, restore: () => (dev.write = write) };
 }
 
 /** Counts what reaches a device. */
@@ -161,6 +190,44 @@ describe('thin-pool status and messages', () => {
     try {
       assert.equal(s.status(), '0 112/1024 0/16384 - rw discard_passdown queue_if_no_space - 256 ');
       assert.equal(s.table(), '7:0 7:1 128 0 0 ');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a status commits first; --noflush, a suspended pool and a thin device\'s status do not (spec §9.3)', async () => {
+    const s = await new ThinStack().createPool();
+    try {
+      const v = await s.volume('v', 1, 4 * MiB);
+      const status = (name: string, noflush: boolean) => daemonStatus(s.registry, name, { noflush });
+      await v.write(0, pattern(1, 8));
+      assert.match(await status('pool', true), /^0 \d+\/1024 1\/512 /, 'the figures count the new block');
+      assert.equal(await committedMapped(s.meta, 1), 0, '--noflush: the mapping is not on disk');
+      assert.match(await status('pool', false), /^0 \d+\/1024 1\/512 /);
+      assert.equal(await committedMapped(s.meta, 1), 1, 'a plain status committed the mapping');
+      await v.write(128, pattern(2, 8));
+      assert.equal(await status('v', false), '256 255');
+      assert.equal(await committedMapped(s.meta, 1), 1, 'thin_status does not commit');
+      await s.registry.suspend('pool');
+      await status('pool', false);
+      assert.equal(await committedMapped(s.meta, 1), 2, 'the suspend committed');
+      await s.registry.resume('pool');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a status whose commit fails prints what Linux then prints: ro and needs_check', async () => {
+    const meta = new SimulatedDisk({ name: 'meta', sectors: 8192, scheduler: new Scheduler({ seed: 1 }) });
+    const s = await new ThinStack({ meta }).createPool();
+    try {
+      const v = await s.volume('v', 1, 4 * MiB);
+      await v.write(0, pattern(1, 8));
+      const fault = meta.addFault({ op: 'write', action: 'fail', nth: 1 });
+      await s.registry.prepareStatus('pool');
+      fault.remove();
+      assert.match(s.status(), /^0 \d+\/1024 0\/512 - ro discard_passdown queue_if_no_space needs_check /);
+      assert.ok(s.logs.some((l) => l.includes("metadata operation 'commit' failed")));
     } finally {
       await s.close();
     }
@@ -326,23 +393,17 @@ describe('thin I/O', () => {
     try {
       const v = await s.volume('v', 1, 4 * MiB);
       await v.write(0, pattern(1, 128));
-      let release!: () => void;
-      const held = new Promise<void>((r) => (release = r));
-      const write = data.write.bind(data);
-      data.write = async (sec, buf, o) => {
-        await held;
-        return write(sec, buf, o);
-      };
+      const hold = holdWrites(data);
       const inflight = v.write(8, pattern(2, 8));
       await new Promise((r) => setImmediate(r));
       let snapped = false;
       const snap = s.message('create_snap', '2', '1').then(() => (snapped = true));
       for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
       assert.equal(snapped, false, 'create_snap waits for the write in flight');
-      release();
+      hold.release();
       await inflight;
       await snap;
-      data.write = write;
+      hold.restore();
       const snapVol = await s.volume('snap', 2, 4 * MiB, { existing: true });
       assert.deepEqual(await readSectors(snapVol, 8, 8), pattern(2, 8), 'the snapshot holds the write that was in flight');
       await v.write(8, pattern(3, 8));
@@ -443,15 +504,6 @@ describe('thin I/O', () => {
 });
 
 describe('thin durability', () => {
-  async function committedMapped(meta: BlockDevice, id: number): Promise<number> {
-    const md = await ThinMetadata.open(meta, { readOnly: true });
-    try {
-      return (await md.deviceDetails(id))?.mappedBlocks ?? -1;
-    } finally {
-      await md.close();
-    }
-  }
-
   it('commits on flush, on FUA and once a second; a reopened pool reads everything back', async () => {
     const clock = new ManualClock();
     const s = await new ThinStack({ clock }).createPool();
@@ -486,6 +538,112 @@ describe('thin durability', () => {
   });
 });
 
+describe('thin devices while their pool is suspended (spec §9.7)', () => {
+  it('holds their writes and reads, shows them active, and lets them go at the pool\'s resume', async () => {
+    const data = new Spy(new MemoryDevice(4 * MiB, { name: 'data' }));
+    const s = await new ThinStack({ data }).createPool();
+    try {
+      const v = await s.volume('v', 1, 4 * MiB);
+      await v.write(0, pattern(1, 128));
+      await s.registry.suspend('pool');
+      assert.equal(s.registry.info('v').suspended, false, 'info shows the thin device active, as Linux does');
+      const written = data.writtenBytes;
+      let done = 0;
+      const io = [v.write(8, pattern(2, 8)), v.write(512, pattern(3, 8)), readSectors(v, 0, 8)].map((p) => p.then(() => done++));
+      await turns();
+      assert.equal(done, 0, 'held');
+      assert.equal(data.writtenBytes, written, 'nothing reached the data device');
+      await s.registry.resume('pool');
+      await Promise.all(io);
+      assert.deepEqual(await readSectors(v, 8, 8), pattern(2, 8));
+      assert.deepEqual(await readSectors(v, 512, 8), pattern(3, 8));
+      assert.equal(s.status('v'), '256 639');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a pool suspend waits for the thin I/O in flight; its commit maps what that I/O provisioned', async () => {
+    const data = new Spy(new MemoryDevice(4 * MiB, { name: 'data' }));
+    const s = await new ThinStack({ data }).createPool();
+    try {
+      const v = await s.volume('v', 1, 4 * MiB);
+      await v.write(0, pattern(1, 128));
+      await v.flush();
+      for (const [sector, tag] of [[8, 2], [256, 3]] as const) {
+        // An overwrite of a mapped block, then a write that provisions block 2.
+        const hold = holdWrites(data);
+        const order: string[] = [];
+        const write = v.write(sector, pattern(tag, 8)).then(() => order.push('write'));
+        await turns();
+        const suspend = s.registry.suspend('pool').then(() => order.push('suspend'));
+        await turns();
+        assert.deepEqual(order, [], 'the suspend waits for the write in flight');
+        hold.release();
+        await Promise.all([write, suspend]);
+        hold.restore();
+        assert.deepEqual(order, ['write', 'suspend']);
+        await s.registry.resume('pool');
+      }
+      assert.equal(await committedMapped(s.meta, 1), 2, 'the commit at suspend saw the provisioning complete');
+      assert.deepEqual(await readSectors(v, 256, 8), pattern(3, 8));
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a thin device the user suspended stays suspended across the pool\'s suspend and resume, in either order', async () => {
+    const s = await new ThinStack().createPool();
+    try {
+      const v = await s.volume('v', 1, 4 * MiB);
+      const heldWrite = async (): Promise<void> => {
+        let done = false;
+        const w = v.write(0, pattern(4, 8)).then(() => (done = true));
+        await turns();
+        assert.equal(done, false, 'held while the user has the device suspended');
+        await s.registry.resume('v');
+        await w;
+      };
+      await s.registry.suspend('v');
+      await s.registry.suspend('pool');
+      await s.registry.resume('pool');
+      assert.equal(s.registry.info('v').suspended, true);
+      await heldWrite();
+      // Pool first: the user's suspend waits for the pool's resume (dm_suspend waits out an internal suspend).
+      await s.registry.suspend('pool');
+      let suspended = false;
+      const userSuspend = s.registry.suspend('v').then(() => (suspended = true));
+      await turns();
+      assert.equal(suspended, false);
+      await s.registry.resume('pool');
+      await userSuspend;
+      assert.equal(s.registry.info('v').suspended, true);
+      await heldWrite();
+      assert.equal(s.registry.info('v').suspended, false);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a thin device can be removed while its pool is suspended (removal does not wait for the pool)', async () => {
+    const s = await new ThinStack().createPool();
+    try {
+      const v = await s.volume('v', 1, 4 * MiB);
+      await v.write(0, pattern(1, 8));
+      await v.close();
+      await s.registry.suspend('pool');
+      await s.registry.remove('v');
+      assert.equal(s.registry.has('v'), false);
+      await s.registry.resume('pool');
+      assert.match(s.status(), / rw /);
+      await s.message('delete', '1'); // no longer active
+      assert.equal(await committedMapped(s.meta, 1), -1);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
 describe('thin out of space', () => {
   it('queues writes when the pool is full, raises the events, and resumes them when the data device grows', async () => {
     const s = await new ThinStack({ dataSectors: 8 * 128, poolSectors: 4 * 128, lowWater: 1 }).createPool();
@@ -500,6 +658,12 @@ describe('thin out of space', () => {
       for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
       assert.equal(done, false, 'the write waits');
       assert.match(s.status(), / 4\/4 - out_of_data_space discard_passdown queue_if_no_space - /);
+      // A noflush suspend of the volume hands the waiting write back; it waits again after the resume.
+      await s.registry.suspend('v', { noflush: true });
+      await s.registry.resume('v');
+      await turns();
+      assert.equal(done, false, 'reissued, the write waits again');
+      // The reload suspends the pool, which holds the volume: the waiting write is handed back, then reissued.
       await s.registry.load('pool', s.poolLine(8 * 128));
       await s.registry.resume('pool');
       await queued;

@@ -388,7 +388,7 @@ export class CloneTarget implements Target, HydrationHost {
     return run;
   }
 
-  /** A commit nobody waits for (timer, status, suspend): a failure is already handled by the mode switch. */
+  /** A commit whose failure is not the caller's (timer, status, suspend): the mode switch already handled it. */
   private backgroundCommit(): Promise<void> {
     return this.requestCommit().then(() => undefined, () => undefined);
   }
@@ -528,23 +528,27 @@ export class CloneTarget implements Target, HydrationHost {
     ];
   }
 
-  /**
-   * Status is synchronous in the Target contract. Linux commits before it
-   * prints (a status request without --noflush on a live device); dmkit
-   * starts that commit and prints the in-core counts, which are what the
-   * commit writes: hydrated regions come from the in-core map in Linux too,
-   * and the metadata usage includes the running transaction's blocks.
-   */
   /** Hydrated regions of all (dmkit wait --progress). */
   progress(): TargetProgress {
     return { what: 'regions hydrated', done: this.md.nrHydrated, total: this.nrRegions };
   }
 
+  /**
+   * clone_status commits first so the figures are current, unless the
+   * device is suspended (or the request is --noflush: then this is not
+   * called). Through commitMetadata, the one commit path (R1, R2); a failure
+   * is reported by the mode the status then prints.
+   */
+  async prepareStatus(): Promise<void> {
+    if (this.suspended || this.mode !== 'write') return;
+    await this.backgroundCommit();
+  }
+
+  /** The in-core counts: hydrated regions come from the in-core map in Linux too, and the metadata usage includes the running transaction's blocks. */
   status(type: StatusType): string {
     const { meta, dest, source } = this.devs;
     if (type === 'table') return `${meta.id} ${dest.id} ${source.id}${this.tableArgs.map((a) => ` ${a}`).join('')}`;
     if (this.mode === 'fail') return 'Fail';
-    if (!this.suspended && this.mode === 'write' && this.md.changed) void this.backgroundCommit();
     const features = [
       ...(this.hydrations.enabled ? [] : ['no_hydration']),
       ...(this.discardPassdown ? [] : ['no_discard_passdown']),

@@ -53,9 +53,19 @@ export interface PoolOwner {
 /** A request the user got wrong (EEXIST, ENODATA, …): passed through as is, never a metadata failure. */
 export class PoolRefusal extends IoError {}
 
+/**
+ * What a thin target holds of its mapped device (Linux's tc->thin_md): a
+ * pool suspend holds the device's I/O through it.
+ */
+export interface ThinDevice {
+  internalSuspend(): Promise<void>;
+  internalResume(): Promise<void>;
+}
+
 /** A thin device with at least one active thin target: its I/O state and status figures. */
 export class ActiveThin {
-  users = 0;
+  /** One entry per thin target open on this device (Linux's active_thins). */
+  readonly targets = new Set<ThinDevice>();
   mappedBlocks = 0;
   /** Highest mapped virtual block, -1 when none. */
   highest = -1;
@@ -91,6 +101,8 @@ export class Pool {
   private commitTimer: AbortController | undefined;
   private noSpaceTimer: AbortController | undefined;
   private spaceWaiters: { wake: () => void; fail: (err: IoError) => void }[] = [];
+  /** The thin devices the last presuspend held, for the resume to let go. */
+  private heldThins: ThinDevice[] = [];
   private lowWaterRaised = false;
   private metadataLowRaised = false;
 
@@ -276,8 +288,10 @@ export class Pool {
    * in flight that the caller ends with endProvision(). With none free,
    * commit first (blocks freed in this transaction become reusable); then
    * out-of-data-space: wait for space or fail with ENOSPC (spec §9.6).
+   * Once `requeue` aborts (a noflush suspend of the thin device), the wait
+   * for space ends with its reason instead.
    */
-  async allocate(thin: ActiveThin): Promise<number> {
+  async allocate(thin: ActiveThin, requeue: AbortSignal): Promise<number> {
     for (;;) {
       while (this.exclusiveWaiting > 0) await new Promise<void>((wake) => this.unblocked.push(wake));
       this.provisioning++;
@@ -300,7 +314,7 @@ export class Pool {
       if (block !== undefined) return block;
       this.endProvision();
       await this.commit();
-      if (this.metadata.dataSm.nrFree() === 0) await this.waitForSpace();
+      if (this.metadata.dataSm.nrFree() === 0) await this.waitForSpace(requeue);
     }
   }
 
@@ -376,13 +390,26 @@ export class Pool {
 
   // ---- data space --------------------------------------------------------------
 
-  private async waitForSpace(): Promise<void> {
+  private async waitForSpace(requeue: AbortSignal): Promise<void> {
     if (this.mode !== 'out-of-data-space') {
       this.setMode('out-of-data-space', `out-of-data-space (${this.errorIfNoSpace ? 'error' : 'queue'} IO)`);
       if (!this.errorIfNoSpace) this.armNoSpaceTimeout();
     }
     if (this.errorIfNoSpace) throw this.ioError('ENOSPC', 'no free data block (error_if_no_space)');
-    await new Promise<void>((wake, fail) => this.spaceWaiters.push({ wake, fail }));
+    requeue.throwIfAborted();
+    await new Promise<void>((wake, fail) => {
+      const handBack = (): void => {
+        this.spaceWaiters = this.spaceWaiters.filter((w) => w !== waiter);
+        fail(requeue.reason);
+      };
+      const settled = (end: () => void): void => {
+        requeue.removeEventListener('abort', handBack);
+        end();
+      };
+      const waiter = { wake: () => settled(wake), fail: (err: IoError) => settled(() => fail(err)) };
+      this.spaceWaiters.push(waiter);
+      requeue.addEventListener('abort', handBack, { once: true });
+    });
   }
 
   /** After no_space_timeout, queued and future I/O needing space fails with ENOSPC (spec §9.6). */
@@ -442,8 +469,8 @@ export class Pool {
 
   // ---- suspend / resume ----------------------------------------------------------
 
-  /** Pool resume: bind the table, size the data space map from it, re-arm the events, retry queued I/O (spec §9.7). */
-  async resume(owner: PoolOwner, features: PoolFeatures, lowWater: number, dataBlocks: number): Promise<void> {
+  /** Pool preresume: bind the table, size the data space map from it, re-arm the events, retry queued I/O (spec §9.7). */
+  async bind(owner: PoolOwner, features: PoolFeatures, lowWater: number, dataBlocks: number): Promise<void> {
     await this.exclusive(async () => {
       if (this.mode !== 'fail' && !features.readOnly && this.metadata.bm.readOnly) await this.reopenWritable();
       const have = this.mode === 'fail' ? dataBlocks : this.metadata.dataSm.nrBlocks;
@@ -453,10 +480,7 @@ export class Pool {
       if (this.mode !== 'out-of-data-space') this.errorIfNoSpace = features.errorIfNoSpace;
       this.lowWater = lowWater;
       this.lowWaterRaised = false;
-      if (this.mode === 'fail') {
-        this.suspended = false;
-        return;
-      }
+      if (this.mode === 'fail') return;
       await this.growMetadata();
       this.enterTableMode();
       if (dataBlocks > have) {
@@ -469,7 +493,6 @@ export class Pool {
         }
       }
       await this.commitLocked();
-      this.suspended = false;
       if (this.mode === 'out-of-data-space' && this.metadata.dataSm.nrFree() > 0) this.leaveNoSpace();
     });
   }
@@ -508,12 +531,47 @@ export class Pool {
     this.md = await ThinMetadata.open(this.metaRef.device);
   }
 
-  /** Pool postsuspend: stop the timers and commit (spec §9.7). */
-  async suspend(): Promise<void> {
+  /**
+   * Pool presuspend (spec §9.7, Linux's pool_suspend_active_thins): every
+   * thin target's device is suspended internally — no flush; its requests
+   * waiting for data space are handed back, to be reissued after resume —
+   * so no thin I/O is in flight at the postsuspend commit, and none starts
+   * until resume.
+   */
+  async presuspend(): Promise<void> {
     this.suspended = true;
+    for (const thin of [...this.active.values()]) {
+      for (const device of [...thin.targets]) {
+        this.heldThins.push(device); // first: a hook that fails still counts the suspend, which resume then undoes
+        await device.internalSuspend();
+      }
+    }
+  }
+
+  /**
+   * Pool resume, after the preresume bound the table (Linux's pool_resume):
+   * the thin devices the presuspend held go on — one removed meanwhile has
+   * nothing left to resume — then the commit timer runs again.
+   */
+  async resume(): Promise<void> {
+    for (const device of this.heldThins.splice(0)) {
+      await device.internalResume().catch((err) => this.owner.log.error(`${this.mdName}: a thin device did not resume: ${toIoError(err).message}`));
+    }
+    this.suspended = false;
+    if (this.dirty) this.changed();
+  }
+
+  /**
+   * Pool postsuspend: stop the timers and commit (spec §9.7). A failed
+   * commit does not fail the suspend (Linux's pool_postsuspend ignores it):
+   * it already switched the mode, and a suspend left half done would keep
+   * the thin devices held with no resume to let them go.
+   */
+  async suspend(): Promise<void> {
     this.commitTimer?.abort();
     this.commitTimer = undefined;
-    if (this.mode !== 'fail') await this.commit();
+    if (this.mode === 'fail') return;
+    await this.commit().catch((err) => this.owner.log.error(`${this.mdName}: commit at suspend failed: ${toIoError(err).message}`));
   }
 
   /** Last pool target gone: commit unless read-only or failed, close the metadata. */

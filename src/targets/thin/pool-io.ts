@@ -29,11 +29,29 @@ interface Lookup {
 }
 
 export class ThinIo {
+  /** Aborted from a noflush suspend's start to its end: requests waiting for data space are handed back. */
+  private requeue = new AbortController();
+
   constructor(
     readonly pool: Pool,
     readonly thin: ActiveThin,
     readonly origin: DeviceRef | undefined,
   ) {}
+
+  /**
+   * thin_presuspend on a noflush suspend (do_noflush_start): requests that
+   * wait for data space, now and until endRequeue(), fail with `request` —
+   * a RequeueRequest, so the mapped device reissues them after resume. They
+   * allocated nothing yet, so a reissue starts them afresh.
+   */
+  startRequeue(request: Error): void {
+    this.requeue.abort(request);
+  }
+
+  /** thin_postsuspend (do_noflush_stop). */
+  endRequeue(): void {
+    if (this.requeue.signal.aborted) this.requeue = new AbortController();
+  }
 
   private get dbs(): number {
     return this.pool.blockSectors;
@@ -194,7 +212,7 @@ export class ThinIo {
    */
   private async provision(vblock: number, offset: number, data: Buffer, old: Lookup | null): Promise<void> {
     const generation = this.pool.generation;
-    const block = await this.pool.allocate(this.thin);
+    const block = await this.pool.allocate(this.thin, this.requeue.signal);
     try {
       try {
         await this.fill(block, vblock, offset, data, old);

@@ -173,6 +173,19 @@ export class PoolTarget implements Target {
 
   // ---- status and table ----------------------------------------------------------
 
+  /**
+   * Commits so the figures are current unless the pool is suspended (spec
+   * §9.3, pool_status); the commit path is Pool.commit unchanged (R1–R3). A
+   * failed commit is reported by the status as Linux then prints it: `ro`
+   * and needs_check after an abort, `Fail` once the pool failed (Linux's
+   * getters print `Error` for that one status, then `Fail`).
+   */
+  async prepareStatus(): Promise<void> {
+    const pool = this.pool;
+    if (pool.suspended || pool.mode === 'fail') return;
+    await pool.commit().catch(() => undefined);
+  }
+
   status(type: StatusType): string {
     if (type === 'table') {
       const words = featureWords(this.requested);
@@ -235,13 +248,23 @@ export class PoolTarget implements Target {
 
   // ---- suspend / resume ------------------------------------------------------------
 
+  /** pool_presuspend: the active thin devices are held (suspended internally). */
+  async presuspend(): Promise<void> {
+    await this.pool.presuspend();
+  }
+
   async postsuspend(): Promise<void> {
     await this.pool.suspend();
   }
 
   /** Binds this table to the pool: features, low water mark, data device size (spec §9.7). */
   async preresume(): Promise<void> {
-    await this.pool.resume(ownerOf(this.ctx), this.requested, this.lowWater, Math.floor(this.ctx.length / this.pool.blockSectors));
+    await this.pool.bind(ownerOf(this.ctx), this.requested, this.lowWater, Math.floor(this.ctx.length / this.pool.blockSectors));
+  }
+
+  /** pool_resume: the thin devices held since presuspend go on. */
+  async resume(): Promise<void> {
+    await this.pool.resume();
   }
 
   /** pool_dtr: the last table of the pool commits and closes the metadata. */

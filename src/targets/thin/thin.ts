@@ -11,13 +11,14 @@
 import { type Extent, type WriteOptions, type WriteZeroesOptions } from '../../block/device.ts';
 import { inheritLimits } from '../../mapper/limits.ts';
 import { MappedDevice } from '../../mapper/mapped-device.ts';
+import { RequeueRequest } from '../../mapper/requeue.ts';
 import type {
-  DeviceArea, DeviceRef, StatusType, Target, TargetContext, TargetLimits, TargetType,
+  DeviceArea, DeviceRef, StatusType, SuspendOptions, Target, TargetContext, TargetLimits, TargetType,
 } from '../../mapper/target.ts';
 import { ctrError, lookupDevice } from '../common/dev-offset.ts';
 import { unsupported } from '../common/io.ts';
 import { parseDevId } from './args.ts';
-import { ActiveThin, type Pool } from './pool-core.ts';
+import { ActiveThin, type Pool, type ThinDevice } from './pool-core.ts';
 import { ThinIo } from './pool-io.ts';
 import { PoolTarget } from './pool.ts';
 
@@ -40,16 +41,20 @@ async function thinCtr(ctx: TargetContext, argv: string[]): Promise<Target> {
   if (!(poolTarget instanceof PoolTarget)) throw ctrError("Couldn't find pool object");
   const pool = poolTarget.pool;
   if (pool.mode === 'fail') throw ctrError("Couldn't open thin device, Pool is in fail mode");
-  const active = await activate(pool, id);
+  const active = await activate(pool, id, ctx);
   if (pool.suspended) {
-    deactivate(pool, active);
+    deactivate(pool, active, ctx);
     throw ctrError('Unable to activate thin device while pool is suspended');
   }
   return new ThinTarget(ctx, poolRef, id, origin, new ThinIo(pool, active, origin));
 }
 
-/** dm_pool_open_thin_device: the device must exist; thin targets of one id share its I/O state. */
-async function activate(pool: Pool, id: number): Promise<ActiveThin> {
+/**
+ * dm_pool_open_thin_device: the device must exist; thin targets of one id
+ * share its I/O state. Each target is listed with its mapped device, which
+ * a pool suspend holds.
+ */
+async function activate(pool: Pool, id: number, device: ThinDevice): Promise<ActiveThin> {
   const exists = await pool.withMetadata('open_thin_device', async (md) => (await md.deviceDetails(id)) !== null);
   if (!exists) throw ctrError("Couldn't open thin internal device", 'ENODATA');
   let active = pool.active.get(id);
@@ -58,12 +63,13 @@ async function activate(pool: Pool, id: number): Promise<ActiveThin> {
     await pool.withMetadata('open_thin_device', async () => pool.loadActive(active!));
     pool.active.set(id, active);
   }
-  active.users++;
+  active.targets.add(device);
   return active;
 }
 
-function deactivate(pool: Pool, active: ActiveThin): void {
-  if (--active.users === 0) pool.active.delete(active.id);
+function deactivate(pool: Pool, active: ActiveThin, device: ThinDevice): void {
+  active.targets.delete(device);
+  if (active.targets.size === 0) pool.active.delete(active.id);
 }
 
 // ---- I/O mapping ------------------------------------------------------------------
@@ -140,8 +146,23 @@ export class ThinTarget implements Target {
     return `${t.mappedBlocks * dbs} ${t.highest < 0 ? '-' : (t.highest + 1) * dbs - 1}`;
   }
 
+  // ---- suspend / resume ------------------------------------------------------------
+
+  /**
+   * thin_presuspend: on a noflush suspend — a pool suspend holds its thin
+   * devices with one — requests waiting for data space go back to the
+   * mapper, which reissues them after resume.
+   */
+  async presuspend(opts: SuspendOptions): Promise<void> {
+    if (opts.noflush) this.io.startRequeue(new RequeueRequest(this.ctx.deviceName));
+  }
+
+  async postsuspend(): Promise<void> {
+    this.io.endRequeue();
+  }
+
   async close(): Promise<void> {
-    deactivate(this.io.pool, this.io.thin);
+    deactivate(this.io.pool, this.io.thin, this.ctx);
   }
 }
 
