@@ -18,7 +18,7 @@ import { type LintViolation, type References, commitPointLint } from './lint.ts'
 import { TopModel } from './oracle.ts';
 import { Recording, type SubmitEvent } from './recording.ts';
 import type { Replay } from './replay.ts';
-import { type TopOp, formatOp, readAll, runWorkload } from './workload.ts';
+import { type TopOp, type WorkloadShape, formatOp, readAll, runWorkload } from './workload.ts';
 
 export interface DiskSpec {
   readonly name: string;
@@ -50,6 +50,8 @@ export interface CrashTarget {
   readonly checkers?: readonly Checker[];
   /** Tells the commit-point lint which data writes a superblock write references (lint.ts). */
   readonly references?: References;
+  /** The random workloads `npm run crash` and the tests give it (targets/index.ts workloadFor); default: from the top device. */
+  readonly workload?: WorkloadShape;
 }
 
 export interface Budget {
@@ -413,8 +415,13 @@ async function minimise(target: CrashTarget, opts: ExploreOptions, family: Famil
   return ops;
 }
 
-/** The §2.7 report of a failure. */
-export function formatFailure(f: Failure): string {
+/**
+ * The §2.7 report of a failure. Its rerun line names the seed, target,
+ * workload length and family; `rerunOptions` adds what else the run was
+ * given (the crash CLI's --module and budget options).
+ */
+export function formatFailure(f: Failure, rerunOptions = ''): string {
+  const family = f.family === 'lint' ? '' : ` --family ${f.family}`;
   return [
     `crash explorer: ${f.target}: ${f.check} check failed`,
     `  seed:     ${f.seed}`,
@@ -423,6 +430,6 @@ export function formatFailure(f: Failure): string {
     `  violated: ${f.message}`,
     ...(f.ordering ? [`  ordering: ${f.ordering}`] : []),
     `  workload: ${f.ops.length} of ${f.originalOps} top-level ops: ${f.ops.map(formatOp).join('; ')}`,
-    `  rerun:    npm run crash -- --seed ${f.seed} --target ${f.target}`,
+    `  rerun:    npm run crash -- --seed ${f.seed} --target ${f.target} --ops ${f.originalOps}${family}${rerunOptions}`,
   ].join('\n');
 }

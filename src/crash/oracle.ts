@@ -5,11 +5,14 @@
 import { SECTOR_SIZE } from '../block/device.ts';
 import type { Recording } from './recording.ts';
 
-interface TopWrite {
+/** A top-level write, write-zeroes or discard, with what the crash model makes of it. */
+export interface TopRequest {
   readonly id: number;
+  readonly op: 'write' | 'write-zeroes' | 'discard';
   readonly submitted: number;
-  completed: number;
-  ok: boolean;
+  /** Event of its completion; Infinity if it never completed. */
+  readonly completed: number;
+  readonly ok: boolean;
   readonly fua: boolean;
   readonly sector: number;
   readonly count: number;
@@ -17,54 +20,63 @@ interface TopWrite {
   readonly data: Buffer | null;
   /** A discard on a device that does not promise zeroes: adds zeroes as a possibility, guarantees nothing. */
   readonly weak: boolean;
-  /** The first event after which this write must survive (FUA completion or a covering flush's completion). */
-  durableAt: number;
+  /** The first event after which this request must survive (FUA completion or a covering flush's completion); Infinity: never. */
+  readonly durableAt: number;
 }
 
 const ZERO = Buffer.alloc(SECTOR_SIZE);
 
+/**
+ * The top device's writes, write-zeroes and discards in submission order,
+ * each with the event from which a crash must keep it (R6: a completed
+ * flush covers every write that completed before it was submitted).
+ */
+export function topRequests(recording: Recording, top: number): TopRequest[] {
+  const requests: { -readonly [K in keyof TopRequest]: TopRequest[K] }[] = [];
+  const byId = new Map<number, (typeof requests)[number]>();
+  const flushes: { submitted: number; completed: number }[] = [];
+  const flushById = new Map<number, { submitted: number; completed: number }>();
+  const discardZeroes = recording.devices[top]!.limits.discardZeroes;
+  for (const e of recording.events) {
+    if (e.dev !== top) continue;
+    if (e.type === 'submit') {
+      if (e.op === 'flush') {
+        flushById.set(e.id, { submitted: e.seq, completed: Infinity });
+        continue;
+      }
+      const r: (typeof requests)[number] = {
+        id: e.id, op: e.op, submitted: e.seq, completed: Infinity, ok: false, fua: e.fua, sector: e.sector, count: e.count,
+        data: e.op === 'write' ? e.data : null, weak: e.op === 'discard' && !discardZeroes, durableAt: Infinity,
+      };
+      byId.set(e.id, r);
+      requests.push(r);
+    } else {
+      const r = byId.get(e.id);
+      if (r) {
+        r.completed = e.seq;
+        r.ok = e.ok;
+      }
+      const f = flushById.get(e.id);
+      if (f && e.ok) {
+        f.completed = e.seq;
+        flushes.push(f);
+      }
+    }
+  }
+  for (const r of requests) {
+    if (!r.ok || r.weak) continue;
+    if (r.fua) r.durableAt = r.completed;
+    for (const f of flushes) if (f.submitted > r.completed) r.durableAt = Math.min(r.durableAt, f.completed);
+  }
+  return requests;
+}
+
 export class TopModel {
-  private readonly writes: TopWrite[] = [];
+  private readonly writes: readonly TopRequest[];
 
   /** `initial`: the top device's whole content before the workload. */
   constructor(recording: Recording, readonly top: number, private readonly initial: Buffer) {
-    const byId = new Map<number, TopWrite>();
-    const flushes: { submitted: number; completed: number }[] = [];
-    const flushById = new Map<number, { submitted: number; completed: number }>();
-    const discardZeroes = recording.devices[top]!.limits.discardZeroes;
-    for (const e of recording.events) {
-      if (e.dev !== top) continue;
-      if (e.type === 'submit') {
-        if (e.op === 'flush') {
-          const f = { submitted: e.seq, completed: Infinity };
-          flushById.set(e.id, f);
-          continue;
-        }
-        const w: TopWrite = {
-          id: e.id, submitted: e.seq, completed: Infinity, ok: false, fua: e.fua, sector: e.sector, count: e.count,
-          data: e.op === 'write' ? e.data : null, weak: e.op === 'discard' && !discardZeroes, durableAt: Infinity,
-        };
-        byId.set(e.id, w);
-        this.writes.push(w);
-      } else {
-        const w = byId.get(e.id);
-        if (w) {
-          w.completed = e.seq;
-          w.ok = e.ok;
-        }
-        const f = flushById.get(e.id);
-        if (f && e.ok) {
-          f.completed = e.seq;
-          flushes.push(f);
-        }
-      }
-    }
-    for (const w of this.writes) {
-      if (!w.ok || w.weak) continue;
-      if (w.fua) w.durableAt = w.completed;
-      // R6: a completed flush covers every write that completed before it was submitted.
-      for (const f of flushes) if (f.submitted > w.completed) w.durableAt = Math.min(w.durableAt, f.completed);
-    }
+    this.writes = topRequests(recording, top);
   }
 
   /** Per sector, the index of the newest write to `sector` that must survive a crash at `cut`, if any. */
@@ -128,6 +140,6 @@ function sectorOf(buf: Buffer, s: number): Buffer {
   return buf.subarray(s * SECTOR_SIZE, (s + 1) * SECTOR_SIZE);
 }
 
-function valueOf(w: TopWrite, s: number): Buffer {
+function valueOf(w: TopRequest, s: number): Buffer {
   return w.data ? sectorOf(w.data, s - w.sector) : ZERO;
 }

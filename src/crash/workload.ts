@@ -68,6 +68,12 @@ export interface RandomWorkloadOptions {
   writeZeroes?: boolean;
 }
 
+/**
+ * How a crash target's random workloads are shaped (CrashTarget.workload):
+ * anything given here overrides what the top device's geometry suggests.
+ */
+export type WorkloadShape = Partial<Pick<RandomWorkloadOptions, 'blockSectors' | 'maxBlocks' | 'discard' | 'writeZeroes'>>;
+
 /** A seeded random mix: writes (some FUA), flushes, and zeroes/discards where the device has them. */
 export function randomWorkload(rng: Rng, o: RandomWorkloadOptions): TopOp[] {
   const blocks = Math.floor(o.sectors / o.blockSectors);

@@ -21,9 +21,10 @@ import type { BlockDevice, Extent, WriteOptions, WriteZeroesOptions } from '../.
 import { type Budget, type CrashTarget, explore, formatFailure } from '../../src/crash/explorer.ts';
 import type { FamilyName } from '../../src/crash/families.ts';
 import { ioErrorSweep } from '../../src/crash/sweep.ts';
-import {
-  BUILTIN_STACKS, DELAY, LINEAR, LOG_WRITES, STACKED, STRIPED_2, STRIPED_3, type StackSpec, stackTarget, withTargetType, workloadFor,
-} from '../../src/crash/targets.ts';
+import { BUILTIN_STACKS, DELAY, LINEAR, STACKED, STRIPED_2, STRIPED_3 } from '../../src/crash/targets/basic.ts';
+import { workloadFor } from '../../src/crash/targets/index.ts';
+import { LOG_WRITES } from '../../src/crash/targets/log-writes.ts';
+import { type StackSpec, stackTarget, withTargetType } from '../../src/crash/targets/stack.ts';
 import type { DeviceRef, Target, TargetContext, TargetType } from '../../src/mapper/target.ts';
 import { Scheduler } from '../../src/sim/scheduler.ts';
 import { SimulatedDisk } from '../../src/sim/simulated-disk.ts';

@@ -5,115 +5,38 @@
  * every crash-state family — meta and data disks crashing independently.
  * Each recovered state must hold every acknowledged-and-flushed write,
  * never show a byte nobody wrote to that volume, and pass the metadata
- * checks (§2.4: dmkit's thin check on every state, Debian's thin_check on
- * a sample). The I/O-error sweep fails each request of a run in turn.
- * The broken variant that commits a mapping before flushing its data (the
- * bug "dm thin: Flush data device before committing metadata" fixed) must
- * be found.
+ * checks (§2.4: dmkit's thin check and the mapping checker on every state,
+ * Debian's thin_check on a sample). The mapping checker must flag metadata
+ * whose mappings the workload does not explain. The I/O-error sweep fails
+ * each request of a run in turn. The broken variant that commits a mapping
+ * before flushing its data (the bug "dm thin: Flush data device before
+ * committing metadata" fixed) must be found.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { describe, it, test } from 'node:test';
 
-import { SECTOR_SIZE, type BlockDevice } from '../../src/block/device.ts';
-import { IoError } from '../../src/block/errors.ts';
-import { type Budget, type Checker, type CrashTarget, explore, formatFailure, recordRun } from '../../src/crash/explorer.ts';
+import { type BlockDevice, SECTOR_SIZE } from '../../src/block/device.ts';
+import { MemoryDevice } from '../../src/block/memory-device.ts';
+import { type Budget, type Checker, explore, formatFailure, recordRun } from '../../src/crash/explorer.ts';
 import type { FamilyName } from '../../src/crash/families.ts';
 import { commitPointLint } from '../../src/crash/lint.ts';
+import { Recording } from '../../src/crash/recording.ts';
 import { ioErrorSweep } from '../../src/crash/sweep.ts';
-import { randomWorkload } from '../../src/crash/workload.ts';
-import { DeviceRegistry } from '../../src/mapper/device-registry.ts';
-import { TargetRegistry } from '../../src/mapper/target-registry.ts';
-import type { Clock } from '../../src/mapper/target.ts';
-import { Rng } from '../../src/sim/rng.ts';
+import { workloadFor } from '../../src/crash/targets/index.ts';
+import { THIN_BLOCK_SECTORS, THIN_META_DISK, type ThinCrashOptions, thinCrashTarget, thinMappings } from '../../src/crash/targets/thin.ts';
+import { ThinMetadata } from '../../src/pdata/thin/metadata.ts';
 import { SparseImage } from '../../src/sim/sparse-image.ts';
-import { makeThinPoolTarget } from '../../src/targets/thin/pool.ts';
-import { thinTarget } from '../../src/targets/thin/thin.ts';
-import { checkThinMetadata } from '../../src/tools/thin/check.ts';
 import { run } from '../nbd/helpers.ts';
-
-const DBS = 128;
-const DATA_BLOCKS = 48;
-const VOLUME_SECTORS = 16 * DBS;
-const META_SECTORS = 1024;
-
-interface ThinCrashOptions {
-  broken?: boolean;
-  /** Expose a snapshot of a written volume instead of a fresh volume (copy-on-write paths). */
-  snapshot?: boolean;
-  /** Data blocks of the pool (default 48, more than the volume needs). */
-  dataBlocks?: number;
-  /** Also run Debian's thin_check on a sample of the states. */
-  debianCheck?: boolean;
-}
-
-/** What the data disk held before: another tenant's bytes, which must never show. */
-function staleImage(sectors: number): SparseImage {
-  const img = new SparseImage(sectors);
-  img.write(0, Buffer.alloc(sectors * SECTOR_SIZE, 0xab));
-  return img;
-}
-
-function originContent(): Buffer {
-  const buf = Buffer.alloc(VOLUME_SECTORS * SECTOR_SIZE);
-  for (let s = 0; s < VOLUME_SECTORS; s += 3) buf.writeUInt32LE(0x5eed0000 + s, s * SECTOR_SIZE);
-  return buf;
-}
-
-/**
- * Power-on: build the pool, and make sure the volume exists, creating it
- * where a crash came before its create_thin (or the snapshot's setup) was
- * committed. Recovery = reopening the metadata at its last commit.
- */
-async function openStack(data: BlockDevice, meta: BlockDevice, clock: Clock, opts: ThinCrashOptions): Promise<BlockDevice> {
-  const targets = new TargetRegistry();
-  targets.register(opts.broken ? makeThinPoolTarget({ broken: 'mapping-before-data-flush' }) : makeThinPoolTarget());
-  targets.register(thinTarget);
-  const registry = new DeviceRegistry({
-    targets, clock,
-    openFile: async (path) => {
-      throw new IoError('ENOENT', `${path}: not attached`);
-    },
-  });
-  registry.attach('/data', data);
-  registry.attach('/meta', meta);
-  await registry.create('pool', { table: [`0 ${(opts.dataBlocks ?? DATA_BLOCKS) * DBS} thin-pool /meta /data ${DBS} 0`] });
-  const ensure = (words: string[]) => registry.message('pool', 0, words).catch((err) => {
-    if (!(err instanceof IoError && err.code === 'EEXIST')) throw err;
-  });
-  await ensure(['create_thin', '1']);
-  if (!opts.snapshot) {
-    await registry.create('vol', { table: [`0 ${VOLUME_SECTORS} thin /dev/mapper/pool 1`] });
-    return registry.open('vol');
-  }
-  const volume = () => registry.create('vol', { table: [`0 ${VOLUME_SECTORS} thin /dev/mapper/pool 2`] });
-  const snapshotMissing = await volume().then(() => false, (err) => {
-    if (err instanceof IoError && err.code === 'ENODATA') return true;
-    throw err;
-  });
-  if (snapshotMissing) {
-    // Idempotent set-up: write the origin (again), flush, snapshot it. The snapshot exists only once the origin's data is committed.
-    await registry.create('origin', { table: [`0 ${VOLUME_SECTORS} thin /dev/mapper/pool 1`] });
-    const origin = registry.open('origin');
-    await origin.write(0, originContent());
-    await origin.flush();
-    await origin.close();
-    await registry.remove('origin');
-    await registry.message('pool', 0, ['create_snap', '2', '1']);
-    await volume();
-  }
-  return registry.open('vol');
-}
 
 /** Debian's thin_check on every 8th recovered state's metadata (a process per state would dominate the run). */
 function debianThinCheck(): Checker {
   let calls = 0;
   return async ({ disks }) => {
     if (calls++ % 8 !== 0) return undefined;
-    const image = Buffer.alloc(META_SECTORS * SECTOR_SIZE);
-    await disks[1]!.read(0, image);
+    const image = await contentOf(disks[THIN_META_DISK]!);
     const dir = await mkdtemp(join(tmpdir(), 'dmkit-thin-crash-'));
     try {
       await writeFile(join(dir, 'meta.img'), image);
@@ -125,49 +48,35 @@ function debianThinCheck(): Checker {
   };
 }
 
-function thinCrashTarget(opts: ThinCrashOptions = {}): CrashTarget {
-  return {
-    name: `thin${opts.snapshot ? '-snapshot' : ''}${opts.dataBlocks ? `-${opts.dataBlocks}-blocks` : ''}${opts.broken ? '-mapping-before-data-flush' : ''}`,
-    disks: [
-      { name: 'data', sectors: DATA_BLOCKS * DBS, initial: () => staleImage(DATA_BLOCKS * DBS) },
-      { name: 'meta', sectors: META_SECTORS },
-    ],
-    open: ([data, meta], clock) => openStack(data!, meta!, clock, opts),
-    checkers: [
-      async ({ disks }) => {
-        const report = await checkThinMetadata(disks[1]!);
-        const problems = [...report.errors, ...report.warnings];
-        return problems.length ? `thin metadata check: ${problems[0]}` : undefined;
-      },
-      ...(opts.debianCheck ? [debianThinCheck()] : []),
-    ],
-  };
+async function contentOf(dev: BlockDevice): Promise<Buffer> {
+  const buf = Buffer.alloc(dev.sectors * SECTOR_SIZE);
+  await dev.read(0, buf);
+  return buf;
 }
 
 const BUDGET: Budget = { states: 40, ms: 2500 };
 const FAMILIES: FamilyName[] = ['persistence', 'all-none', 'single', 'subsets', 'torn', 'per-device', 'recovery'];
+const BROKEN: ThinCrashOptions = { broken: 'mapping-before-data-flush' };
 
-const workload = (seed: number, length = 24) => randomWorkload(new Rng(seed), {
-  sectors: VOLUME_SECTORS, blockSectors: 8, length, maxBlocks: 24, discard: true, writeZeroes: true,
-});
-
-test('thin volume: every crash-state family recovers to a state the oracle accepts', async () => {
+test('thin volume: every crash-state family recovers to a state the oracle and the checkers accept', async () => {
+  const target = thinCrashTarget({ checkers: [debianThinCheck()] });
   for (const seed of [1, 2]) {
-    const r = await explore(thinCrashTarget({ debianCheck: true }), { seed, workload: workload(seed), families: FAMILIES, defaultBudget: BUDGET, lint: false });
+    const r = await explore(target, { seed, workload: await workloadFor(target, seed, 24), families: FAMILIES, defaultBudget: BUDGET, lint: false });
     assert.equal(r.failure, undefined, r.failure && formatFailure(r.failure));
     for (const f of FAMILIES) assert.ok((r.checked[f] ?? 0) > 0, `family ${f} checked no state`);
   }
 });
 
 test('snapshot of a written volume: copy-on-write survives every crash-state family', async () => {
-  const r = await explore(thinCrashTarget({ snapshot: true }), { seed: 3, workload: workload(3), families: FAMILIES, defaultBudget: BUDGET, lint: false });
+  const target = thinCrashTarget({ snapshot: true });
+  const r = await explore(target, { seed: 3, workload: await workloadFor(target, 3, 24), families: FAMILIES, defaultBudget: BUDGET, lint: false });
   assert.equal(r.failure, undefined, r.failure && formatFailure(r.failure));
   for (const f of FAMILIES) assert.ok((r.checked[f] ?? 0) > 0, `family ${f} checked no state`);
 });
 
 test('out of data space: writes that wait out no_space_timeout and fail never disturb what was acknowledged', async () => {
   const target = thinCrashTarget({ dataBlocks: 5 });
-  const w = workload(4, 30);
+  const w = await workloadFor(target, 4, 30);
   const run = await recordRun(target, 4, w);
   const failed = run.recording.events.filter((e) => e.type === 'complete' && e.dev === run.model.top && !e.ok).length;
   assert.ok(failed > 0, 'the pool ran out of space: some top requests failed');
@@ -176,16 +85,18 @@ test('out of data space: writes that wait out no_space_timeout and fail never di
 });
 
 test('the commit-point lint finds no commit before its data flush (one request at a time)', async () => {
-  const fixed = await recordRun(thinCrashTarget(), 1, workload(1), 1);
+  const w = await workloadFor(thinCrashTarget(), 1, 24);
+  const fixed = await recordRun(thinCrashTarget(), 1, w, 1);
   assert.deepEqual(commitPointLint(fixed.recording).map((v) => v.message), []);
-  const broken = await recordRun(thinCrashTarget({ broken: true }), 1, workload(1), 1);
+  const broken = await recordRun(thinCrashTarget(BROKEN), 1, w, 1);
   assert.ok(commitPointLint(broken.recording).length > 0, 'the lint misses the broken commit');
 });
 
 test('the explorer finds the broken variant that commits a mapping before flushing its data (R1)', async () => {
+  const target = thinCrashTarget(BROKEN);
   for (const seed of [1, 2]) {
-    const r = await explore(thinCrashTarget({ broken: true }), {
-      seed, workload: workload(seed), families: ['single', 'per-device'], defaultBudget: { states: 200, ms: 8000 }, lint: false, minimise: false,
+    const r = await explore(target, {
+      seed, workload: await workloadFor(target, seed, 24), families: ['single', 'per-device'], defaultBudget: { states: 200, ms: 8000 }, lint: false, minimise: false,
     });
     assert.ok(r.failure, `seed ${seed}: not found in ${JSON.stringify(r.checked)}`);
     assert.equal(r.failure.check, 'oracle');
@@ -194,10 +105,93 @@ test('the explorer finds the broken variant that commits a mapping before flushi
 });
 
 test('I/O-error sweep: every write and flush of both disks failed in turn never loses acknowledged data', async () => {
-  const r = await ioErrorSweep(thinCrashTarget(), { seed: 5, workload: workload(5, 16), statesPerRun: 6, maxRuns: 1000, ms: 120_000 });
+  const target = thinCrashTarget();
+  const r = await ioErrorSweep(target, { seed: 5, workload: await workloadFor(target, 5, 16), statesPerRun: 6, maxRuns: 1000, ms: 120_000 });
   assert.equal(r.failure, undefined, r.failure && `${r.failure.fault}: ${formatFailure(r.failure)}`);
   const faults = r.counts.reduce((n, c) => n + c.write + c.flush, 0);
   assert.equal(r.runs, faults, 'every write and flush of both disks was failed once');
   assert.ok(r.runs - r.openFailures >= 30, `only ${r.runs - r.openFailures} faults hit the workload rather than the set-up`);
-  assert.ok(r.counts[1]!.write > 10 && r.counts[1]!.flush > 2, 'the run commits metadata');
+  assert.ok(r.counts[THIN_META_DISK]!.write > 10 && r.counts[THIN_META_DISK]!.flush > 2, 'the run commits metadata');
+});
+
+// ---- the mapping checker on hand-made metadata ------------------------------------------
+
+/** A clock whose timers never fire: nothing happens in the background of these stacks. */
+const STILL = { now: () => 0, sleep: () => new Promise<void>(() => undefined) };
+
+/** A thin stack on memory disks, its top device recorded as the explorer records a run. */
+async function recordedStack(opts: ThinCrashOptions) {
+  const target = thinCrashTarget(opts);
+  const recording = new Recording();
+  const disks = target.disks.map((d) => recording.record(new MemoryDevice(d.sectors, { name: d.name }), new SparseImage(d.sectors)));
+  const top = recording.record(await target.open(disks, STILL));
+  return { top, recording, disks };
+}
+
+type Stack = Awaited<ReturnType<typeof recordedStack>>;
+
+/**
+ * Checks copies of the disks as the explorer checks the state at the end of
+ * the recording, after `change` rewrote the metadata through ThinMetadata
+ * (committed) and the data disk.
+ */
+async function checkCopy(s: Stack, opts: { snapshot: boolean }, change?: (md: ThinMetadata, data: BlockDevice) => Promise<void>) {
+  const [data, meta] = await Promise.all(s.disks.map(async (d) => {
+    const copy = new MemoryDevice(d.sectors, { name: d.name });
+    await copy.write(0, await contentOf(d));
+    return copy;
+  }));
+  if (change) {
+    const md = await ThinMetadata.open(meta!);
+    try {
+      await change(md, data!);
+      await md.commit();
+    } finally {
+      await md.close();
+    }
+  }
+  return thinMappings(data!, meta!, { recording: s.recording, cut: s.recording.events.length }, opts);
+}
+
+const at = (vblock: number, offset = 8) => vblock * THIN_BLOCK_SECTORS + offset;
+
+describe('the thin mapping checker', () => {
+  it('flags a mapping no write explains, and a flushed zero write whose mapping is gone (which reads the same)', async () => {
+    const s = await recordedStack({});
+    await s.top.write(at(2), Buffer.alloc(8 * SECTOR_SIZE, 0x11));
+    await s.top.writeZeroes(at(7), 8);
+    await s.top.flush();
+    const fresh = { snapshot: false };
+    assert.equal(await checkCopy(s, fresh), undefined);
+    assert.match(await checkCopy(s, fresh, async (md) => md.insertMapping(1, 5, await md.allocDataBlock())) ?? '',
+      /^thin volume block 5 has a data block of its own \(\d+, time 0\), but no top-level write before the crash touched it$/);
+    assert.match(await checkCopy(s, fresh, async (md) => void (await md.removeMapping(1, 7))) ?? '',
+      /^thin volume block 7 is unmapped, but top write #2 \(904\+8\) to it was acknowledged and flushed/);
+    assert.match(await checkCopy(s, fresh, async (md) => md.createThin(9)) ?? '', /^the pool holds thin devices \[1, 9\]; the stack created \[1\]$/);
+    // The same data block mapped twice, though its reference count says once.
+    assert.match(await checkCopy(s, fresh, async (md) => md.insertMapping(1, 3, (await md.lookupMapping(1, 2))!.block)) ?? '',
+      /^data block \d+ is mapped by device 1 block 2 and by device 1 block 3$/);
+    await s.top.close();
+  });
+
+  it('flags a snapshot origin whose mappings or data changed, and a snapshot that did not break sharing', async () => {
+    const s = await recordedStack({ snapshot: true });
+    await s.top.write(at(3), Buffer.alloc(8 * SECTOR_SIZE, 0x33));
+    await s.top.discard(at(9, 0), THIN_BLOCK_SECTORS);
+    await s.top.flush();
+    const snapshot = { snapshot: true };
+    assert.equal(await checkCopy(s, snapshot), undefined);
+    assert.match(await checkCopy(s, snapshot, async (md) => md.insertMapping(1, 4, await md.allocDataBlock())) ?? '',
+      /^origin block 4 was remapped \(to data block \d+, time 1\) after its snapshot \(time 1\)$/);
+    assert.match(await checkCopy(s, snapshot, async (md, data) => {
+      await data.write((await md.lookupMapping(1, 3))!.block * THIN_BLOCK_SECTORS, Buffer.alloc(SECTOR_SIZE, 0x33));
+    }) ?? '', /^origin block 3 \(data block \d+\) no longer holds the origin's data: a write to the snapshot reached a shared block$/);
+    assert.match(await checkCopy(s, snapshot, async (md) => md.insertMapping(2, 3, (await md.lookupMapping(1, 3))!.block)) ?? '',
+      /^data block \d+ is mapped by device 1 block 3 and by device 2 block 3$/);
+    assert.match(await checkCopy(s, snapshot, async (md) => void (await md.removeMapping(2, 5))) ?? '',
+      /^snapshot block 5 lost the origin's block it shared, though no discard or write-zeroes covered it whole$/);
+    assert.match(await checkCopy(s, snapshot, async (md) => void (await md.removeMapping(2, 3))) ?? '',
+      /^snapshot block 3 is unmapped, but top write #1 \(392\+8\) to it was acknowledged and flushed/);
+    await s.top.close();
+  });
 });
