@@ -15,13 +15,13 @@ export const replayLog: Command = {
   },
 };
 
-const THIN_TOOLS = ['dump', 'restore', 'check'] as const;
+const THIN_TOOLS = ['dump', 'restore', 'check', 'repair'] as const;
 
-/** `dmkit thin dump|restore|check ARGS…`: thin_dump, thin_restore, thin_check with their own options. */
+/** `dmkit thin dump|restore|check|repair ARGS…`: thin_dump, thin_restore, thin_check, thin_repair with their own options. */
 export const thin: Command = {
   name: 'thin',
-  usage: 'thin dump|restore|check [options...] [METADATA]',
-  summary: "thin-pool metadata tools (thin_dump, thin_restore, thin_check; their own options)",
+  usage: 'thin dump|restore|check|repair [options...] [METADATA]',
+  summary: "thin-pool metadata tools (thin_dump, thin_restore, thin_check, thin_repair; their own options)",
   options: {},
   args: { min: 1, max: Infinity },
   raw: true,
@@ -33,6 +33,7 @@ export const thin: Command = {
     const io = { stdout: ctx.io.stdout, stderr: ctx.io.stderr };
     if (tool === 'dump') return (await import('../tools/thin/dump.ts')).thinDump(argv, io);
     if (tool === 'restore') return (await import('../tools/thin/restore.ts')).thinRestore(argv, io);
+    if (tool === 'repair') return (await import('../tools/thin/repair.ts')).thinRepair(argv, io);
     return (await import('../tools/thin/check.ts')).thinCheck(argv, io);
   },
 };

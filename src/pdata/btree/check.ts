@@ -23,8 +23,8 @@ export interface TreeSpec {
   /** What the tree is, for messages: "device details tree". */
   name: string;
   valueSize: number;
-  /** Called once per leaf entry, in key order, on the first visit of its leaf. */
-  onValue?: (key: number, value: Buffer) => void | Promise<void>;
+  /** Called once per leaf entry, in key order, on the first visit of its leaf (the leaf's block number last). */
+  onValue?: (key: number, value: Buffer, leaf: number) => void | Promise<void>;
 }
 
 export async function checkTree(c: TreeCheck, root: number, spec: TreeSpec): Promise<void> {
@@ -73,5 +73,5 @@ async function checkNode(c: TreeCheck, b: number, spec: TreeSpec, isRoot: boolea
   }
   if (!node.isLeaf) children = Array.from({ length: node.nr }, (_, i) => node.valueU64(i));
   for (let i = 0; i < children.length; i++) await checkNode(c, children[i]!, spec, false, node.key(i), last);
-  if (spec.onValue) for (const v of values) await spec.onValue(v.key, v.value);
+  if (spec.onValue) for (const v of values) await spec.onValue(v.key, v.value, b);
 }

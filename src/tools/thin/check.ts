@@ -10,15 +10,20 @@ import { IndexBlockStore } from '../../pdata/space-map/index-block.ts';
 import { type IndexEntry, decodeIndexEntry } from '../../pdata/space-map/index-entry.ts';
 import { type SpaceMapRoot, decodeSpaceMapRoot } from '../../pdata/space-map/root.ts';
 import { decodeBlockTime } from '../../pdata/thin/block-time.ts';
-import { type ThinSuperblock, decodeSuperblock, superblockValidator } from '../../pdata/thin/superblock.ts';
+import { ThinMetadata } from '../../pdata/thin/metadata.ts';
+import { NEEDS_CHECK_FLAG, type ThinSuperblock, decodeSuperblock, superblockValidator } from '../../pdata/thin/superblock.ts';
 import { TransactionManager } from '../../pdata/transaction-manager.ts';
 import { SALT, bitmapValidator } from '../../pdata/validators.ts';
 import type { ToolIo } from './io.ts';
-import { parseArgs } from './options.ts';
+import { parseArgs, parseNumber } from './options.ts';
 
 export interface CheckOptions {
   superBlockOnly?: boolean;
   skipMappings?: boolean;
+  /** Check the held metadata snapshot's trees instead of the live ones, without space maps (`-m`). */
+  metadataSnap?: boolean;
+  /** Walk this block as the mapping tree's root instead of the superblock's (`--override-mapping-root`). */
+  overrideMappingRoot?: number;
   /** Progress lines ("examining superblock", …), as thin_check prints them. */
   progress?: (line: string) => void;
 }
@@ -30,6 +35,17 @@ export interface CheckReport {
   warnings: string[];
   transactionId: number;
   metadataFreeBlocks: number;
+  /** The live superblock's flags (NEEDS_CHECK is bit 0). */
+  flags: number;
+  /** Among the warnings: blocks nothing references but counted 1 or 2, which `--auto-repair` frees. */
+  leaks: Leak[];
+}
+
+export interface Leak {
+  space: 'metadata' | 'data';
+  block: number;
+  /** The space map's count; the walk found no reference. */
+  count: number;
 }
 
 /**
@@ -41,7 +57,7 @@ export interface CheckReport {
  * space map. Metadata counts live in one Uint32Array; mappings are streamed.
  */
 export async function checkThinMetadata(device: BlockDevice, opts: CheckOptions = {}): Promise<CheckReport> {
-  const report: CheckReport = { errors: [], warnings: [], transactionId: 0, metadataFreeBlocks: 0 };
+  const report: CheckReport = { errors: [], warnings: [], transactionId: 0, metadataFreeBlocks: 0, flags: 0, leaks: [] };
   const progress = opts.progress ?? (() => {});
   if (device.sectors * 512 < METADATA_BLOCK_SIZE) {
     report.errors.push('Metadata device/file too small.  Is this binary metadata?');
@@ -59,10 +75,17 @@ export async function checkThinMetadata(device: BlockDevice, opts: CheckOptions 
       }
       return report;
     }
-    const sb = decodeSuperblock(raw);
-    report.transactionId = sb.transactionId;
+    let sb = decodeSuperblock(raw);
+    report.flags = sb.flags;
     const metaRoot = decodeSpaceMapRoot(sb.metadataSpaceMapRoot);
     report.metadataFreeBlocks = metaRoot.nrBlocks - metaRoot.nrAllocated;
+    if (opts.metadataSnap) {
+      const copy = await readHeldSuperblock(bm, sb.heldRoot, report);
+      if (!copy) return report;
+      sb = { ...copy, dataSpaceMapRoot: sb.dataSpaceMapRoot }; // the copy's are zero; mappings are bounded by the live one
+    }
+    if (opts.overrideMappingRoot !== undefined) sb = { ...sb, dataMappingRoot: opts.overrideMappingRoot };
+    report.transactionId = sb.transactionId;
     if (opts.superBlockOnly) return report;
     if (metaRoot.nrBlocks > bm.nrBlocks) {
       report.errors.push(`metadata space map claims ${metaRoot.nrBlocks} blocks, the device has ${bm.nrBlocks}`);
@@ -73,6 +96,25 @@ export async function checkThinMetadata(device: BlockDevice, opts: CheckOptions 
   } finally {
     await bm.close();
   }
+}
+
+/** The metadata snapshot's copy of the superblock (`-m`), or null with the error reported. */
+async function readHeldSuperblock(bm: BlockManager, held: number, report: CheckReport): Promise<ThinSuperblock | null> {
+  if (held === 0) {
+    report.errors.push('No metadata snapshot found.');
+    return null;
+  }
+  if (held >= bm.nrBlocks) {
+    report.errors.push(`metadata snapshot superblock ${held} is outside the metadata device (${bm.nrBlocks} blocks)`);
+    return null;
+  }
+  const raw = await bm.readRaw(held);
+  const want = blockChecksum(raw, SALT.thinSuperblock);
+  if (raw.readUInt32LE(0) !== want) {
+    report.errors.push(`bad checksum in metadata snapshot superblock ${held}, wanted ${want}`);
+    return null;
+  }
+  return decodeSuperblock(raw);
 }
 
 class Checker {
@@ -98,6 +140,7 @@ class Checker {
     this.ref(0, 'superblock');
     this.progress('examining devices tree');
     await this.checkThinTrees(this.sb, '');
+    if (this.opts.metadataSnap) return; // the snapshot has no space maps of its own
     if (this.sb.heldRoot !== 0) await this.checkHeldRoot(this.sb.heldRoot);
     if (this.opts.skipMappings) return;
     this.progress('checking space map counts');
@@ -237,6 +280,7 @@ class Checker {
           if (actual === want) continue;
           const msg = `${kind} reference counts differ for block ${b}, expected ${want}, but got ${actual}`;
           (actual > want ? this.report.warnings : this.report.errors).push(msg);
+          if (want === 0 && actual < BITMAP_OVERFLOW) this.report.leaks.push({ space: kind, block: b, count: actual });
         }
       } finally {
         this.tm.unlock(block);
@@ -245,27 +289,74 @@ class Checker {
   }
 }
 
+/**
+ * thin_check's fixes (§11.3), after a full check found no damage: leaked
+ * blocks (counted 1 or 2, referenced by nothing) freed in their space map,
+ * and NEEDS_CHECK cleared, in one metadata commit. Only the space maps'
+ * shadowed bitmaps, index and the superblock are written; the trees are not
+ * touched. Data leaks are freed too: dmkit's check counts data references,
+ * which 0.9.0's does not.
+ */
+export async function fixThinMetadata(device: BlockDevice, fix: { leaks: readonly Leak[]; clearNeedsCheck: boolean }): Promise<void> {
+  const md = await ThinMetadata.open(device);
+  try {
+    for (const leak of fix.leaks) {
+      const sm = leak.space === 'metadata' ? md.metadataSm : md.dataSm;
+      for (let i = 0; i < leak.count; i++) await sm.dec(leak.block);
+    }
+    if (fix.clearNeedsCheck) md.restoreSuperblock({ flags: md.superblock.flags & ~NEEDS_CHECK_FLAG });
+    // R2: the commit writes and flushes the new bitmaps and index before the superblock that points at them.
+    await md.commit();
+  } finally {
+    await md.close();
+  }
+}
+
 const USAGE = `Usage: thin check [options] {device|file}
 Options:
   {-q|--quiet}
   {-h|--help}
-  {--super-block-only}
-  {--skip-mappings}
+  {-m|--metadata-snap}
+  {--auto-repair}
+  {--override-mapping-root} <block>
+  {--clear-needs-check-flag}
   {--ignore-non-fatal-errors}
+  {--skip-mappings}
+  {--super-block-only}
 `;
 
-/** `dmkit thin check META`: exit 0 when clean (or only non-fatal errors are ignored), else 1, as thin_check. */
+/** Why a fix cannot go with the other options (0.9.0's texts); null when it can. */
+function fixRefusal(options: ReadonlyMap<string, string[]>): string | null {
+  if (!options.has('auto-repair') && !options.has('clear-needs-check-flag')) return null;
+  if (options.has('ignore-non-fatal-errors')) return 'cannot perform fix by ignoring non-fatal errors';
+  if (options.has('metadata-snap')) return 'cannot perform fix within metadata snap';
+  if (options.has('override-mapping-root')) return 'cannot perform fix with an overridden mapping root';
+  if (options.has('super-block-only') || options.has('skip-mappings')) return 'cannot perform fix without a full examination';
+  return null;
+}
+
+/**
+ * `dmkit thin check META`: exit 0 when clean (or only non-fatal errors are
+ * ignored), else 1, as thin_check. `--auto-repair` frees leaked blocks when
+ * leaks are the only problem; it and `--clear-needs-check-flag` then clear
+ * NEEDS_CHECK; the check then counts as clean.
+ */
 export async function thinCheck(argv: readonly string[], io: ToolIo): Promise<number> {
   let device: FileDevice | undefined;
   try {
     const { options, positional } = parseArgs(argv, {
-      flags: { quiet: false, help: false, 'super-block-only': false, 'skip-mappings': false, 'ignore-non-fatal-errors': false },
-      aliases: { q: 'quiet', h: 'help' },
+      flags: {
+        quiet: false, help: false, 'metadata-snap': false, 'super-block-only': false, 'skip-mappings': false, 'ignore-non-fatal-errors': false,
+        'auto-repair': false, 'clear-needs-check-flag': false, 'override-mapping-root': true,
+      },
+      aliases: { q: 'quiet', h: 'help', m: 'metadata-snap' },
     });
     if (options.has('help')) {
       io.stdout.write(USAGE);
       return 0;
     }
+    const refusal = fixRefusal(options);
+    if (refusal) throw new IoError('EINVAL', refusal);
     if (positional.length !== 1) {
       io.stderr.write(`No input file provided.\n${USAGE}`);
       return 1;
@@ -274,17 +365,32 @@ export async function thinCheck(argv: readonly string[], io: ToolIo): Promise<nu
     const say = (line: string): void => {
       if (!quiet) io.stderr.write(`${line}\n`);
     };
-    device = await FileDevice.open(positional[0]!, { readOnly: true });
+    const path = positional[0]!;
+    const root = options.get('override-mapping-root')?.at(-1);
+    device = await FileDevice.open(path, { readOnly: true });
     const report = await checkThinMetadata(device, {
       superBlockOnly: options.has('super-block-only'),
       skipMappings: options.has('skip-mappings'),
+      metadataSnap: options.has('metadata-snap'),
+      ...(root !== undefined && { overrideMappingRoot: parseNumber(root, 'override-mapping-root') }),
       progress: say,
     });
+    await device.close();
+    device = undefined;
     for (const e of report.errors) say(e);
     for (const w of report.warnings) say(w);
     if (report.errors.length > 0) return 1;
     if (!quiet) io.stdout.write(`TRANSACTION_ID=${report.transactionId}\nMETADATA_FREE_BLOCKS=${report.metadataFreeBlocks}\n`);
-    return report.warnings.length > 0 && !options.has('ignore-non-fatal-errors') ? 1 : 0;
+    const fixLeaks = options.has('auto-repair') && report.warnings.length > 0 && report.leaks.length === report.warnings.length;
+    const clean = report.warnings.length === 0 || fixLeaks;
+    const clearNeedsCheck = clean && (options.has('auto-repair') || options.has('clear-needs-check-flag')) && (report.flags & NEEDS_CHECK_FLAG) !== 0;
+    if (fixLeaks || clearNeedsCheck) {
+      device = await FileDevice.open(path);
+      await fixThinMetadata(device, { leaks: fixLeaks ? report.leaks : [], clearNeedsCheck });
+      if (fixLeaks) say('fixed metadata leaks');
+      if (clearNeedsCheck) say('cleared needs_check flag');
+    }
+    return clean || options.has('ignore-non-fatal-errors') ? 0 : 1;
   } catch (err) {
     io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
     return 1;

@@ -6,9 +6,9 @@ import { decodeBlockTime } from '../../pdata/thin/block-time.ts';
 import { type DeviceDetails, decodeDeviceDetails } from '../../pdata/thin/device-details.ts';
 import { ThinMetadata } from '../../pdata/thin/metadata.ts';
 import { decodeSuperblock, superblockValidator } from '../../pdata/thin/superblock.ts';
-import { ChunkedWriter, type TextSink, type ToolIo } from './io.ts';
-import { parseArgs, parseNumber } from './options.ts';
-import { DEVICE_CLOSE, RunMerger, SUPERBLOCK_CLOSE, deviceOpen, runLine, superblockOpen } from './xml.ts';
+import type { TextSink, ToolIo } from './io.ts';
+import { OVERRIDE_OPTIONS, parseArgs, parseNumber, parseOverrides } from './options.ts';
+import { type DeviceAttrs, RunMerger, type SuperblockOverrides, type ThinEmitter, XmlEmitter, withOverrides } from './xml.ts';
 
 export interface DumpOptions {
   /** Dump the held metadata snapshot instead of the live trees (`-m`). */
@@ -16,14 +16,30 @@ export interface DumpOptions {
   skipMappings?: boolean;
   /** Only these devices (`--dev-id`, repeatable); all when empty. */
   devIds?: readonly number[];
+  /** Superblock fields printed instead of the metadata's. */
+  overrides?: SuperblockOverrides;
 }
 
 /**
  * Writes thin_dump's XML (spec/thin-metadata.md §11.1) of opened metadata,
  * streaming: one leaf of mappings in memory at a time.
  */
-export async function dumpThinXml(md: ThinMetadata, sink: TextSink, opts: DumpOptions = {}): Promise<void> {
-  const out = new ChunkedWriter(sink);
+export function dumpThinXml(md: ThinMetadata, sink: TextSink, opts: DumpOptions = {}): Promise<void> {
+  return dumpThin(md, new XmlEmitter(sink), opts);
+}
+
+/** The device element's attributes from a details record. */
+export function deviceAttrs(devId: number, d: DeviceDetails): DeviceAttrs {
+  return { devId, mappedBlocks: d.mappedBlocks, transaction: d.transactionId, creationTime: d.creationTime, snapTime: d.snapshottedTime };
+}
+
+/** Whether `--dev-id` selects device `id` (all are selected when none is given). */
+export function selected(opts: DumpOptions, id: number): boolean {
+  return !opts.devIds?.length || opts.devIds.includes(id);
+}
+
+/** A dump of undamaged metadata: any damage met is an error. */
+export async function dumpThin(md: ThinMetadata, e: ThinEmitter, opts: DumpOptions = {}): Promise<void> {
   let sb = md.superblock;
   let nrDataBlocks = md.dataSm.nrBlocks;
   if (opts.metadataSnap) {
@@ -33,7 +49,7 @@ export async function dumpThinXml(md: ThinMetadata, sink: TextSink, opts: DumpOp
     md.tm.unlock(block);
     nrDataBlocks = 0; // the snapshot copy publishes no space maps (§11.1)
   }
-  await out.line(superblockOpen({
+  await e.beginSuperblock(withOverrides({
     uuid: '',
     time: sb.time,
     transaction: sb.transactionId,
@@ -41,54 +57,58 @@ export async function dumpThinXml(md: ThinMetadata, sink: TextSink, opts: DumpOp
     version: sb.version,
     dataBlockSize: sb.dataBlockSize,
     nrDataBlocks,
-  }));
+  }, opts.overrides ?? {}));
   const devices: { id: number; details: DeviceDetails }[] = [];
   await walk(md.tm, sb.deviceDetailsRoot, (id, v) => {
-    if (!opts.devIds?.length || opts.devIds.includes(id)) devices.push({ id, details: decodeDeviceDetails(v) });
+    if (selected(opts, id)) devices.push({ id, details: decodeDeviceDetails(v) });
   });
   for (const { id, details } of devices) {
     const root = await lookup(md.tm, sb.dataMappingRoot, id);
     if (!root) throw new IoError('EILSEQ', `${md.bm.name}: device ${id} is in the device tree but has no mappings tree`);
-    await out.line(deviceOpen({
-      devId: id,
-      mappedBlocks: details.mappedBlocks,
-      transaction: details.transactionId,
-      creationTime: details.creationTime,
-      snapTime: details.snapshottedTime,
-    }));
+    await e.beginDevice(deviceAttrs(id, details));
     if (!opts.skipMappings) {
-      const runs = new RunMerger((r) => out.line(runLine(r)));
+      const runs = new RunMerger((r) => e.mapping(r));
       await walk(md.tm, readU64(root, 0), async (vblock, v) => {
         const bt = decodeBlockTime(v);
         await runs.add(vblock, bt.block, bt.time);
       });
       await runs.end();
     }
-    await out.line(DEVICE_CLOSE);
+    await e.endDevice();
   }
-  await out.line(SUPERBLOCK_CLOSE);
-  await out.flush();
+  await e.endSuperblock();
 }
 
 const USAGE = `Usage: thin dump [options] {device|file}
 Options:
   {-h|--help}
   {-f|--format} {xml}
+  {-r|--repair}
   {-m|--metadata-snap}
   {-o <xml file>}
   {--dev-id} <dev-id>
   {--skip-mappings}
+  {--transaction-id} <natural>
+  {--data-block-size} <natural>
+  {--nr-data-blocks} <natural>
 `;
 
-/** `dmkit thin dump`: thin_dump's options and exit status (0, or 1 with the message on stderr). */
+/**
+ * `dmkit thin dump`: thin_dump's options and exit status (0, or 1 with the
+ * message on stderr). `--repair` dumps what can be salvaged (salvage.ts);
+ * the overrides replace superblock fields in the output, and stand in for
+ * them when the superblock is unreadable.
+ */
 export async function thinDump(argv: readonly string[], io: ToolIo): Promise<number> {
   let device: FileDevice | undefined;
   let metadata: ThinMetadata | undefined;
   let output: { sink: TextSink; close(): Promise<void> } | undefined;
   try {
     const { options, positional } = parseArgs(argv, {
-      flags: { help: false, format: true, 'metadata-snap': false, output: true, 'dev-id': true, 'skip-mappings': false },
-      aliases: { h: 'help', f: 'format', m: 'metadata-snap', o: 'output' },
+      flags: {
+        help: false, format: true, repair: false, 'metadata-snap': false, output: true, 'dev-id': true, 'skip-mappings': false, ...OVERRIDE_OPTIONS,
+      },
+      aliases: { h: 'help', f: 'format', r: 'repair', m: 'metadata-snap', o: 'output' },
     });
     if (options.has('help')) {
       io.stdout.write(USAGE);
@@ -100,14 +120,23 @@ export async function thinDump(argv: readonly string[], io: ToolIo): Promise<num
       io.stderr.write(`No input file provided.\n${USAGE}`);
       return 1;
     }
-    device = await FileDevice.open(positional[0]!, { readOnly: true });
-    metadata = await ThinMetadata.open(device, { readOnly: true });
-    output = await openOutput(options.get('output')?.at(-1), io.stdout);
-    await dumpThinXml(metadata, output.sink, {
+    const opts: DumpOptions = {
       metadataSnap: options.has('metadata-snap'),
       skipMappings: options.has('skip-mappings'),
       devIds: (options.get('dev-id') ?? []).map((t) => parseNumber(t, 'dev-id')),
-    });
+      overrides: parseOverrides(options),
+    };
+    // thin_dump 0.9.0 silently dumps the live trees for `-r -m`; refused here rather than surprise.
+    if (opts.metadataSnap && options.has('repair')) throw new IoError('EINVAL', '--repair works on the live metadata, not with --metadata-snap');
+    device = await FileDevice.open(positional[0]!, { readOnly: true });
+    if (!options.has('repair')) metadata = await ThinMetadata.open(device, { readOnly: true });
+    output = await openOutput(options.get('output')?.at(-1), io.stdout);
+    if (metadata) {
+      await dumpThinXml(metadata, output.sink, opts);
+    } else {
+      const { dumpRepaired } = await import('./salvage.ts'); // salvage.ts builds on this module
+      await dumpRepaired(device, new XmlEmitter(output.sink), opts);
+    }
     return 0;
   } catch (err) {
     io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);

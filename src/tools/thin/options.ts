@@ -1,4 +1,5 @@
 import { IoError } from '../../block/errors.ts';
+import type { SuperblockOverrides } from './xml.ts';
 
 /** A getopt_long-style option table: name → takes a value. Short aliases map to long names. */
 export interface OptionSpec {
@@ -48,4 +49,26 @@ export function parseNumber(text: string, what: string): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n)) throw new IoError('EOVERFLOW', `${what} too large: '${text}'`);
   return n;
+}
+
+/** The override options of thin_dump, thin_restore and thin_repair, each taking a value. */
+export const OVERRIDE_OPTIONS = { 'transaction-id': true, 'data-block-size': true, 'nr-data-blocks': true } as const;
+
+/** The overrides given (the last of each), named in messages as the tools name them. */
+export function parseOverrides(options: ReadonlyMap<string, string[]>): SuperblockOverrides {
+  const over: SuperblockOverrides = {};
+  const value = (name: keyof typeof OVERRIDE_OPTIONS, what: string): number | undefined => {
+    const text = options.get(name)?.at(-1);
+    return text === undefined ? undefined : parseNumber(text, what);
+  };
+  const transactionId = value('transaction-id', 'transaction id');
+  const dataBlockSize = value('data-block-size', 'data block size');
+  const nrDataBlocks = value('nr-data-blocks', 'nr data blocks');
+  if (transactionId !== undefined) over.transactionId = transactionId;
+  if (dataBlockSize !== undefined) {
+    if (dataBlockSize > 0xffffffff) throw new IoError('EOVERFLOW', `data block size too large: '${dataBlockSize}' (a le32 field)`);
+    over.dataBlockSize = dataBlockSize;
+  }
+  if (nrDataBlocks !== undefined) over.nrDataBlocks = nrDataBlocks;
+  return over;
 }

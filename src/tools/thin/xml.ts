@@ -1,4 +1,5 @@
 import { IoError } from '../../block/errors.ts';
+import { ChunkedWriter, type TextSink } from './io.ts';
 
 /*
  * thin_dump's XML (spec/thin-metadata.md §11.1): one superblock element, its
@@ -42,6 +43,69 @@ export function deviceOpen(d: DeviceAttrs): string {
 }
 
 export const DEVICE_CLOSE = '  </device>';
+
+/**
+ * Superblock fields given on the command line (`--transaction-id`,
+ * `--data-block-size`, `--nr-data-blocks`): they replace what the metadata
+ * or the XML says, and stand in for a superblock too damaged to read.
+ */
+export interface SuperblockOverrides {
+  transactionId?: number;
+  dataBlockSize?: number;
+  nrDataBlocks?: number;
+}
+
+export function withOverrides(s: SuperblockAttrs, over: SuperblockOverrides): SuperblockAttrs {
+  return {
+    ...s,
+    transaction: over.transactionId ?? s.transaction,
+    dataBlockSize: over.dataBlockSize ?? s.dataBlockSize,
+    nrDataBlocks: over.nrDataBlocks ?? s.nrDataBlocks,
+  };
+}
+
+/**
+ * Receives a dump in order, as thin-provisioning-tools' emitter: one
+ * superblock, its devices ascending, each device's runs ascending. XmlEmitter
+ * prints it; restore's MetadataRestorer builds metadata from it, so that
+ * `thin repair` pipes a dump into a restore without any text in between.
+ */
+export interface ThinEmitter {
+  beginSuperblock(s: SuperblockAttrs): Promise<void>;
+  beginDevice(d: DeviceAttrs): Promise<void>;
+  mapping(r: Run): Promise<void>;
+  endDevice(): Promise<void>;
+  endSuperblock(): Promise<void>;
+}
+
+/** Prints a dump as thin_dump's XML, streaming. */
+export class XmlEmitter implements ThinEmitter {
+  private readonly out: ChunkedWriter;
+  constructor(sink: TextSink) {
+    this.out = new ChunkedWriter(sink);
+  }
+
+  beginSuperblock(s: SuperblockAttrs): Promise<void> {
+    return this.out.line(superblockOpen(s));
+  }
+
+  beginDevice(d: DeviceAttrs): Promise<void> {
+    return this.out.line(deviceOpen(d));
+  }
+
+  mapping(r: Run): Promise<void> {
+    return this.out.line(runLine(r));
+  }
+
+  endDevice(): Promise<void> {
+    return this.out.line(DEVICE_CLOSE);
+  }
+
+  async endSuperblock(): Promise<void> {
+    await this.out.line(SUPERBLOCK_CLOSE);
+    await this.out.flush();
+  }
+}
 
 /** A run of length 1 is a single_mapping, a longer one a range_mapping. */
 export function runLine(r: Run): string {

@@ -1,0 +1,64 @@
+import { IoError } from '../../block/errors.ts';
+import { FileDevice } from '../../block/file-device.ts';
+import type { ToolIo } from './io.ts';
+import { OVERRIDE_OPTIONS, parseArgs, parseOverrides } from './options.ts';
+import { MetadataRestorer, buildOrZero, openOutputMetadata } from './restore.ts';
+import { dumpRepaired } from './salvage.ts';
+
+const USAGE = `Usage: thin repair [options]
+Options:
+  {-h|--help}
+  {-i|--input} <input metadata (binary format)>
+  {-o|--output} <output metadata (binary format)>
+  {--transaction-id} <natural>
+  {--data-block-size} <natural>
+  {--nr-data-blocks} <natural>
+`;
+
+/**
+ * `dmkit thin repair -i OLD -o NEW` (thin_repair, spec/thin-metadata.md
+ * §11.2): what `thin dump --repair` salvages from OLD, restored into fresh
+ * metadata on NEW, in process. NEW must exist and be large enough, as for
+ * restore; on failure its superblock is zeroed. The superblock's flags are
+ * kept, NEEDS_CHECK included, as 0.9.0 keeps them: `thin check
+ * --clear-needs-check-flag NEW` clears it once NEW checks clean.
+ */
+export async function thinRepair(argv: readonly string[], io: ToolIo): Promise<number> {
+  let input: FileDevice | undefined;
+  let output: FileDevice | undefined;
+  try {
+    const { options, positional } = parseArgs(argv, {
+      flags: { help: false, input: true, output: true, ...OVERRIDE_OPTIONS },
+      aliases: { h: 'help', i: 'input', o: 'output' },
+    });
+    if (options.has('help')) {
+      io.stdout.write(USAGE);
+      return 0;
+    }
+    const inputPath = options.get('input')?.at(-1);
+    const outputPath = options.get('output')?.at(-1);
+    if (inputPath === undefined) throw new IoError('EINVAL', 'No input file provided.');
+    if (outputPath === undefined) throw new IoError('EINVAL', 'No output file provided.');
+    if (positional.length > 0) throw new IoError('EINVAL', `unexpected argument '${positional[0]}' (input and output are -i and -o)`);
+    const overrides = parseOverrides(options);
+    output = await openOutputMetadata(outputPath);
+    input = await FileDevice.open(inputPath, { readOnly: true });
+    const from = input;
+    const to = output;
+    const restorer = new MetadataRestorer(to);
+    await buildOrZero(to, async () => {
+      try {
+        await dumpRepaired(from, restorer, { overrides });
+      } finally {
+        await restorer.close();
+      }
+    });
+    return 0;
+  } catch (err) {
+    io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  } finally {
+    await input?.close();
+    await output?.close();
+  }
+}
