@@ -791,6 +791,19 @@ describe('thin metadata failures', () => {
     } finally {
       await s.close();
     }
+    // A new pool on that metadata starts read-only too (Linux's set_pool_mode refuses write mode).
+    const again = await new ThinStack({ meta, data: s.data }).createPool();
+    try {
+      assert.match(again.status(), /^0 \d+\/1024 1\/512 - ro discard_passdown queue_if_no_space needs_check /);
+      assert.ok(again.logs.some((l) => l.includes('unable to switch pool to write mode until repaired.')));
+      const v = await again.volume('v', 1, 4 * MiB, { existing: true });
+      assert.deepEqual(await readSectors(v, 8, 120), pattern(1, 128).subarray(8 * 512), 'the last commit reads');
+      await rejects(v.write(512, pattern(3, 8)), 'EIO', 'read-only');
+      await rejects(again.message('create_thin', '2'), 'EOPNOTSUPP', 'READ_ONLY or FAIL');
+      await v.close();
+    } finally {
+      await again.close();
+    }
   });
 
   it('when even NEEDS_CHECK cannot be written, the pool fails: status Fail, every request EIO', async () => {

@@ -13,9 +13,10 @@ import { readU64 } from '../../pdata/endian.ts';
 import { type BlockTime, decodeBlockTime } from '../../pdata/thin/block-time.ts';
 import type { DeviceDetails } from '../../pdata/thin/device-details.ts';
 import { ThinMetadata } from '../../pdata/thin/metadata.ts';
+import { NEEDS_CHECK_FLAG } from '../../pdata/thin/superblock.ts';
 import type { BrokenPool } from '../../targets/thin/pool-core.ts';
 import { makeThinPoolTarget } from '../../targets/thin/pool.ts';
-import { checkThinMetadata } from '../../tools/thin/check.ts';
+import { checkThinMetadata, fixThinMetadata } from '../../tools/thin/check.ts';
 import type { CheckContext, Checker, CrashTarget, DiskSpec } from '../explorer.ts';
 import { type TopRequest, topRequests } from '../oracle.ts';
 import { StackTop, namedSectors, stackRegistry, staleDisk } from './stack.ts';
@@ -54,7 +55,10 @@ export function thinCrashTarget(opts: ThinCrashOptions = {}): CrashTarget {
   return {
     name,
     disks: DISKS,
-    open: (disks, clock) => openThin(stackRegistry(name, DISKS, disks, clock, opts.broken ? [makeThinPoolTarget({ broken: opts.broken })] : []), opts),
+    open: async (disks, clock) => {
+      await clearNeedsCheck(disks[THIN_META_DISK]!);
+      return openThin(stackRegistry(name, DISKS, disks, clock, opts.broken ? [makeThinPoolTarget({ broken: opts.broken })] : []), opts);
+    },
     checkers: [
       async ({ disks }) => {
         const report = await checkThinMetadata(disks[THIN_META_DISK]!);
@@ -70,6 +74,24 @@ export function thinCrashTarget(opts: ThinCrashOptions = {}): CrashTarget {
 
 /** What the snapshot's origin holds: written and flushed before the snapshot is taken. */
 const ORIGIN_CONTENT = namedSectors('origin', VOLUME_SECTORS);
+
+/**
+ * What LVM does before activating a pool (thin_check -q
+ * --clear-needs-check-flag): metadata a failed operation marked NEEDS_CHECK
+ * — the pool would start read-only — is checked in full and the flag
+ * cleared only when the check is clean; damage fails the power-on.
+ */
+async function clearNeedsCheck(meta: BlockDevice): Promise<void> {
+  if (await ThinMetadata.isBlank(meta)) return;
+  const md = await ThinMetadata.open(meta, { readOnly: true });
+  const flags = md.superblock.flags;
+  await md.close();
+  if (!(flags & NEEDS_CHECK_FLAG)) return;
+  const report = await checkThinMetadata(meta);
+  const problems = [...report.errors, ...report.warnings];
+  if (problems.length) throw new IoError('EBADMSG', `thin check before activation: ${problems[0]}`);
+  await fixThinMetadata(meta, { leaks: [], clearNeedsCheck: true });
+}
 
 /**
  * Power-on: build the pool (recovery = reopening the metadata at its last

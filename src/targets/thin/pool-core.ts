@@ -510,15 +510,21 @@ export class Pool {
     this.dirty = true;
   }
 
-  /** read_only sets read-only; without it, write mode unless NEEDS_CHECK (spec §9.6). */
+  /**
+   * read_only sets read-only; without it, write mode unless NEEDS_CHECK
+   * (spec §9.6). As Linux's set_pool_mode: refused write mode keeps the old
+   * mode, or becomes read-only when the pool was in write mode already —
+   * the case of metadata opened with NEEDS_CHECK set.
+   */
   private enterTableMode(): void {
     if (this.mode === 'fail') return;
     if (this.features.readOnly) return this.setMode('read-only', 'read-only');
+    if (this.needsCheck) {
+      this.owner.log.error(`${this.mdName}: unable to switch pool to write mode until repaired.`);
+      if (this.mode === 'write') this.setMode('read-only', 'read-only');
+      return;
+    }
     if (this.mode === 'read-only' || this.mode === 'out-of-metadata-space') {
-      if (this.needsCheck) {
-        this.owner.log.error(`${this.mdName}: unable to switch pool to write mode until repaired.`);
-        return;
-      }
       if (this.freeMetadataBlocks() > 0) this.setMode('write', 'write');
     }
   }
