@@ -5,10 +5,10 @@ import { readU64 } from '../../pdata/endian.ts';
 import { decodeBlockTime } from '../../pdata/thin/block-time.ts';
 import { type DeviceDetails, decodeDeviceDetails } from '../../pdata/thin/device-details.ts';
 import { ThinMetadata } from '../../pdata/thin/metadata.ts';
-import { decodeSuperblock, superblockValidator } from '../../pdata/thin/superblock.ts';
+import { type ThinSuperblock, decodeSuperblock, superblockValidator } from '../../pdata/thin/superblock.ts';
 import type { TextSink, ToolIo } from './io.ts';
 import { OVERRIDE_OPTIONS, parseArgs, parseNumber, parseOverrides } from './options.ts';
-import { type DeviceAttrs, RunMerger, type SuperblockOverrides, type ThinEmitter, XmlEmitter, withOverrides } from './xml.ts';
+import { type DeviceAttrs, RunMerger, type SuperblockAttrs, type SuperblockOverrides, type ThinEmitter, XmlEmitter, withOverrides } from './xml.ts';
 
 export interface DumpOptions {
   /** Dump the held metadata snapshot instead of the live trees (`-m`). */
@@ -33,6 +33,11 @@ export function deviceAttrs(devId: number, d: DeviceDetails): DeviceAttrs {
   return { devId, mappedBlocks: d.mappedBlocks, transaction: d.transactionId, creationTime: d.creationTime, snapTime: d.snapshottedTime };
 }
 
+/** The superblock element's attributes (thin_dump prints no uuid). */
+export function superblockAttrs(sb: ThinSuperblock, nrDataBlocks: number): SuperblockAttrs {
+  return { uuid: '', time: sb.time, transaction: sb.transactionId, flags: sb.flags, version: sb.version, dataBlockSize: sb.dataBlockSize, nrDataBlocks };
+}
+
 /** Whether `--dev-id` selects device `id` (all are selected when none is given). */
 export function selected(opts: DumpOptions, id: number): boolean {
   return !opts.devIds?.length || opts.devIds.includes(id);
@@ -49,15 +54,7 @@ export async function dumpThin(md: ThinMetadata, e: ThinEmitter, opts: DumpOptio
     md.tm.unlock(block);
     nrDataBlocks = 0; // the snapshot copy publishes no space maps (§11.1)
   }
-  await e.beginSuperblock(withOverrides({
-    uuid: '',
-    time: sb.time,
-    transaction: sb.transactionId,
-    flags: sb.flags,
-    version: sb.version,
-    dataBlockSize: sb.dataBlockSize,
-    nrDataBlocks,
-  }, opts.overrides ?? {}));
+  await e.beginSuperblock(withOverrides(superblockAttrs(sb, nrDataBlocks), opts.overrides ?? {}));
   const devices: { id: number; details: DeviceDetails }[] = [];
   await walk(md.tm, sb.deviceDetailsRoot, (id, v) => {
     if (selected(opts, id)) devices.push({ id, details: decodeDeviceDetails(v) });

@@ -10,7 +10,7 @@ import { DEVICE_DETAILS_SIZE, type DeviceDetails, decodeDeviceDetails } from '..
 import { THIN_VERSION, decodeSuperblock } from '../../pdata/thin/superblock.ts';
 import { TransactionManager } from '../../pdata/transaction-manager.ts';
 import { SALT } from '../../pdata/validators.ts';
-import { type DumpOptions, deviceAttrs, selected } from './dump.ts';
+import { type DumpOptions, deviceAttrs, selected, superblockAttrs } from './dump.ts';
 import { findBestRoots, walksCleanly } from './root-scan.ts';
 import { RunMerger, type SuperblockAttrs, type SuperblockOverrides, type ThinEmitter, withOverrides } from './xml.ts';
 
@@ -78,15 +78,7 @@ async function readSuperblock(bm: BlockManager): Promise<RepairSuperblock | null
   if (raw.readUInt32LE(0) !== blockChecksum(raw, SALT.thinSuperblock)) return null;
   const sb = decodeSuperblock(raw);
   return {
-    attrs: {
-      uuid: '',
-      time: sb.time,
-      transaction: sb.transactionId,
-      flags: sb.flags,
-      version: sb.version,
-      dataBlockSize: sb.dataBlockSize,
-      nrDataBlocks: decodeSpaceMapRoot(sb.dataSpaceMapRoot).nrBlocks,
-    },
+    attrs: superblockAttrs(sb, decodeSpaceMapRoot(sb.dataSpaceMapRoot).nrBlocks),
     deviceDetailsRoot: sb.deviceDetailsRoot,
     dataMappingRoot: sb.dataMappingRoot,
   };
