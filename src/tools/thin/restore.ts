@@ -63,6 +63,7 @@ export class MetadataRestorer implements ThinEmitter {
   }
 
   async endSuperblock(): Promise<void> {
+    // R2: ThinMetadata.commit, pdata's one commit path (crash-tested in test/pdata/crash.test.ts), writes the superblock last.
     await this.metadata().commit();
   }
 
