@@ -30,6 +30,41 @@ interface StateFile {
   devices: StateDevice[];
 }
 
+/**
+ * The file-system calls state.json's reads and writes make, shaped as
+ * node:fs/promises: the daemon uses that, the crash test a simulated file
+ * system that can lose power between any two calls.
+ */
+export interface StateFileSystem {
+  /** 'w' creates or truncates a file to write; 'r' opens the directory to fsync it. */
+  open(path: string, flags: 'w' | 'r', mode?: number): Promise<StateFileHandle>;
+  rename(from: string, to: string): Promise<void>;
+  readFile(path: string, encoding: 'utf8'): Promise<string>;
+}
+
+export interface StateFileHandle {
+  writeFile(text: string): Promise<void>;
+  /** fsync(2) */
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const nodeFileSystem: StateFileSystem = { open, rename, readFile };
+
+/**
+ * Test-only broken writes (CRASH-TESTING §3), kept for the crash test to
+ * catch. 'rename-before-fsync': the rename commits text that may not be
+ * durable yet (R2 broken: a crash leaves state.json torn or empty).
+ * 'no-dir-fsync': save() returns before the rename is durable (a crash may
+ * bring back the state before an acknowledged change).
+ */
+export type BrokenStateWrite = 'rename-before-fsync' | 'no-dir-fsync';
+
+export interface StateWriterOptions {
+  files?: StateFileSystem;
+  broken?: BrokenStateWrite;
+}
+
 /** The registry's devices, each after the devices its live table uses, otherwise in creation order. */
 export function currentState(registry: DeviceRegistry): StateDevice[] {
   const snapshot = registry.snapshot();
@@ -48,10 +83,10 @@ export function currentState(registry: DeviceRegistry): StateDevice[] {
 }
 
 /** The devices recorded in `path`; undefined when there is no such file. */
-export async function readState(path: string): Promise<StateDevice[] | undefined> {
+export async function readState(path: string, files: StateFileSystem = nodeFileSystem): Promise<StateDevice[] | undefined> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await files.readFile(path, 'utf8');
   } catch (err) {
     if (toIoError(err).code === 'ENOENT') return undefined;
     throw new IoError(toIoError(err).code, `${path}: ${toIoError(err).message}`, { cause: err });
@@ -79,11 +114,17 @@ export async function readState(path: string): Promise<StateDevice[] | undefined
 export class StateWriter {
   private writing: Promise<void> | undefined;
   private next: StateDevice[] | undefined;
+  private readonly files: StateFileSystem;
+  private readonly broken: BrokenStateWrite | undefined;
 
   constructor(
     readonly path: string,
     private readonly onError: (err: IoError) => void,
-  ) {}
+    options: StateWriterOptions = {},
+  ) {
+    this.files = options.files ?? nodeFileSystem;
+    this.broken = options.broken;
+  }
 
   /** Records `devices`; returns when they (or something newer) are on disk. */
   save(devices: StateDevice[]): Promise<void> {
@@ -104,7 +145,7 @@ export class StateWriter {
         const devices = this.next;
         this.next = undefined;
         try {
-          await writeDurably(this.path, `${JSON.stringify({ version: 1, devices } satisfies StateFile, null, 2)}\n`);
+          await writeDurably(this.files, this.path, `${JSON.stringify({ version: 1, devices } satisfies StateFile, null, 2)}\n`, this.broken);
         } catch (err) {
           this.onError(new IoError(toIoError(err).code, `${this.path}: state not saved: ${toIoError(err).message}`, { cause: err }));
         }
@@ -115,18 +156,26 @@ export class StateWriter {
   }
 }
 
-/** temp → fsync → rename → fsync(dir): R2 for a file — the new text is durable before the rename commits it, so after a crash the file is either the old or the new text. */
-async function writeDurably(path: string, text: string): Promise<void> {
+/**
+ * temp → fsync → rename → fsync(dir): R2 for a file. The new text is durable
+ * before the rename commits it, so after a crash state.json is the old text
+ * or the new one, never torn; the directory's fsync makes the rename durable
+ * before save() returns. Crash-tested, with both broken variants caught, in
+ * test/daemon/state-crash.test.ts.
+ */
+async function writeDurably(files: StateFileSystem, path: string, text: string, broken: BrokenStateWrite | undefined): Promise<void> {
   const temp = `${path}.tmp`;
-  const file = await open(temp, 'w', 0o600);
+  const file = await files.open(temp, 'w', 0o600);
   try {
     await file.writeFile(text);
+    if (broken === 'rename-before-fsync') await files.rename(temp, path);
     await file.sync();
   } finally {
     await file.close();
   }
-  await rename(temp, path);
-  const dir = await open(dirname(path), 'r');
+  if (broken !== 'rename-before-fsync') await files.rename(temp, path);
+  if (broken === 'no-dir-fsync') return;
+  const dir = await files.open(dirname(path), 'r');
   try {
     await dir.sync();
   } finally {
