@@ -60,6 +60,14 @@ export interface BlockDevice {
   readonly limits: Limits;
   read(sector: number, into: Buffer): Promise<void>;
   write(sector: number, data: Buffer, opts?: WriteOptions): Promise<void>;
+  /**
+   * A write whose data is `chunks` in order (vectored.ts): the same request
+   * as `write` of their concatenation. The pieces may have any lengths;
+   * only their total must be whole sectors. Devices that can take the
+   * pieces without joining them implement it; callers go through
+   * `writeChunks`, which joins them for every other device.
+   */
+  writev?(sector: number, chunks: readonly Buffer[], opts?: WriteOptions): Promise<void>;
   flush(): Promise<void>;
   discard(sector: number, count: number): Promise<void>;
   writeZeroes(sector: number, count: number, opts?: WriteZeroesOptions): Promise<void>;
@@ -130,14 +138,19 @@ export function checkRequest(dev: BlockDevice, op: IoOp, sector: number, count: 
 
 /** checkRequest for a data buffer: also refuses a buffer that is not whole sectors. */
 export function checkBuffer(dev: BlockDevice, op: 'read' | 'write', sector: number, buf: Buffer): void {
-  if (buf.length === 0 || buf.length % SECTOR_SIZE !== 0) {
+  checkLength(dev, op, sector, buf.length);
+}
+
+/** checkRequest for `length` bytes of data (one buffer or a chunk list): also refuses a length that is not whole sectors. */
+export function checkLength(dev: BlockDevice, op: 'read' | 'write', sector: number, length: number): void {
+  if (length === 0 || length % SECTOR_SIZE !== 0) {
     throw new IoError(
       'EINVAL',
-      `${dev.name}: ${op} at sector ${sector} with a buffer of ${buf.length} bytes, not a positive multiple of ${SECTOR_SIZE}`,
+      `${dev.name}: ${op} at sector ${sector} with a buffer of ${length} bytes, not a positive multiple of ${SECTOR_SIZE}`,
       { device: dev.name, sector },
     );
   }
-  checkRequest(dev, op, sector, buf.length >> SECTOR_SHIFT);
+  checkRequest(dev, op, sector, length / SECTOR_SIZE);
 }
 
 /** Byte length of `count` sectors. */

@@ -4,10 +4,12 @@
  * volatile write-back cache of ARCHITECTURE §1, `flush` is fdatasync and a FUA
  * write is a write followed by fdatasync.
  *
- * Positional I/O uses the callback form of fs.read/fs.write: it costs less per
- * request than FileHandle.read/write (bench/micro/file-device.ts measures
- * both). Hole punching and SEEK_DATA/SEEK_HOLE come from the native addon;
- * everything runs on libuv's thread pool, except that a read first tries
+ * Positional I/O uses the callback form of fs.read/fs.writev: it costs less
+ * per request than FileHandle.read/write (bench/micro/file-device.ts measures
+ * both). Every write is one pwritev of its pieces, so a vectored write (the
+ * NBD server's received chunks, vectored.ts) reaches the file without being
+ * joined first. Hole punching and SEEK_DATA/SEEK_HOLE come from the native
+ * addon; everything runs on libuv's thread pool, except that a read first tries
  * preadv2(RWF_NOWAIT) on the main thread: the kernel then copies what the
  * page cache holds and answers EAGAIN rather than start or wait for any
  * I/O, so the event loop still never blocks (ARCHITECTURE §9) and a cached
@@ -19,7 +21,7 @@
  * from sysfs (`/sys/dev/block/MAJ:MIN/size`, always in 512-byte sectors),
  * together with the queue limits next to it.
  */
-import { constants, close, fdatasync, fstat, ftruncate, open, read, write } from 'node:fs';
+import { constants, close, fdatasync, fstat, ftruncate, open, read, writev } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
@@ -27,9 +29,10 @@ import { constants as osConstants } from 'node:os';
 import { punchHole, readNowait, seekData, seekHole } from '../native/index.ts';
 import {
   type BlockDevice, type Extent, type Limits, type WriteOptions, type WriteZeroesOptions,
-  SECTOR_SIZE, checkBuffer, checkRequest, makeLimits,
+  SECTOR_SIZE, checkLength, checkRequest, makeLimits,
 } from './device.ts';
 import { IoError, toIoError } from './errors.ts';
+import { ChunkCursor, chunksLength } from './vectored.ts';
 
 const openAsync = promisify(open);
 const fstatAsync = promisify(fstat);
@@ -138,30 +141,34 @@ export class FileDevice implements BlockDevice {
   }
 
   read(sector: number, into: Buffer): Promise<void> {
-    return this.submit('read', sector, into);
+    return this.submit('read', sector, into.length, () => this.readAll(sector, into));
   }
 
   write(sector: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
-    return opts.fua ? this.writeFua(sector, data) : this.submit('write', sector, data);
+    return this.writev(sector, [data], opts);
   }
 
-  /** Validates a data request and starts it; validation failures reject, never throw. */
-  private submit(op: 'read' | 'write', sector: number, buf: Buffer): Promise<void> {
+  writev(sector: number, chunks: readonly Buffer[], opts: WriteOptions = {}): Promise<void> {
+    const io = () => this.writeAll(sector, chunks);
+    return this.submit('write', sector, chunksLength(chunks), opts.fua ? () => this.synced(sector, io) : io);
+  }
+
+  /** Validates a data request of `length` bytes and starts it; validation failures reject, never throw. */
+  private submit(op: 'read' | 'write', sector: number, length: number, io: () => Promise<void>): Promise<void> {
     try {
       this.checkOpen(sector);
-      checkBuffer(this, op, sector, buf);
+      checkLength(this, op, sector, length);
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.transfer(op, sector, buf);
+    return io();
   }
 
-  /** Write, then fdatasync: durable when it resolves (ARCHITECTURE §1.3). */
-  private async writeFua(sector: number, data: Buffer): Promise<void> {
+  /** A write, then fdatasync: durable when it resolves (ARCHITECTURE §1.3). */
+  private async synced(sector: number, write: () => Promise<void>): Promise<void> {
     this.begin(sector);
     try {
-      checkBuffer(this, 'write', sector, data);
-      await this.transfer('write', sector, data);
+      await write();
       await this.sync('write', sector);
     } finally {
       this.end();
@@ -293,38 +300,67 @@ export class FileDevice implements BlockDevice {
   }
 
   /**
-   * Moves the whole buffer, looping because the kernel may transfer less than
+   * Fills the whole buffer, looping because the kernel may read less than
    * asked, and counts itself in flight meanwhile. Callbacks rather than
    * async/await: this is the hot path, and every promise costs.
    */
-  private transfer(op: 'read' | 'write', sector: number, buf: Buffer): Promise<void> {
+  private readAll(sector: number, buf: Buffer): Promise<void> {
     const position = sector * SECTOR_SIZE;
-    const cached = op === 'read' && this.nowaitReads ? this.readCached(buf, position) : 0;
+    const cached = this.nowaitReads ? this.readCached(buf, position) : 0;
     if (cached === buf.length) return Promise.resolve();
-    const io = op === 'read' ? readAt : writeAt;
     this.inflight++;
     return new Promise((resolve, reject) => {
       let done = cached;
       const moved = (err: NodeJS.ErrnoException | null, n: number) => {
         if (!err && n > 0 && done + n < buf.length) {
           done += n;
-          io(this.fd, buf, done, position + done, moved);
+          read(this.fd, buf, done, buf.length - done, position + done, moved);
           return;
         }
         this.end();
-        if (err) reject(this.osError(op, sector, err));
+        if (err) {
+          reject(this.osError('read', sector, err));
+          return;
+        }
+        // n === 0: the file was truncated under us. Like loop's
+        // lo_read_simple, reads past the end of the backing file return zeroes.
+        if (n === 0) buf.fill(0, done);
+        resolve();
+      };
+      read(this.fd, buf, done, buf.length - done, position + done, moved);
+    });
+  }
+
+  /**
+   * Writes the pieces in order at the sector, one pwritev for all of them
+   * (libuv splits at IOV_MAX), looping over the rest if the kernel wrote
+   * less; counts itself in flight meanwhile.
+   */
+  private writeAll(sector: number, chunks: readonly Buffer[]): Promise<void> {
+    const position = sector * SECTOR_SIZE;
+    const total = chunksLength(chunks);
+    this.inflight++;
+    return new Promise((resolve, reject) => {
+      let done = 0;
+      let rest = chunks;
+      const moved = (err: NodeJS.ErrnoException | null, n: number) => {
+        if (!err && n > 0 && done + n < total) {
+          done += n;
+          const cursor = new ChunkCursor(rest);
+          cursor.next(n);
+          rest = cursor.next(total - done);
+          writev(this.fd, rest, position + done, moved);
+          return;
+        }
+        this.end();
+        if (err) reject(this.osError('write', sector, err));
         else if (n > 0) resolve();
-        else if (op === 'read') {
-          // The file was truncated under us. Like loop's lo_read_simple,
-          // reads past the end of the backing file return zeroes.
-          buf.fill(0, done);
-          resolve();
-        } else {
+        else {
           const msg = `${this.name}: write at sector ${sector} made no progress at byte ${position + done}`;
           reject(new IoError('EIO', msg, { device: this.name, sector }));
         }
       };
-      io(this.fd, buf, done, position + done, moved);
+      writev(this.fd, rest, position, moved);
     });
   }
 
@@ -345,7 +381,7 @@ export class FileDevice implements BlockDevice {
     const chunkSectors = ZERO_CHUNK / SECTOR_SIZE;
     for (let s = sector; s < sector + count; s += chunkSectors) {
       const n = Math.min(chunkSectors, sector + count - s);
-      await this.transfer('write', s, zero.subarray(0, n * SECTOR_SIZE));
+      await this.writeAll(s, [zero.subarray(0, n * SECTOR_SIZE)]);
     }
   }
 
@@ -392,16 +428,6 @@ export class FileDevice implements BlockDevice {
       cause: err,
     });
   }
-}
-
-type Moved = (err: NodeJS.ErrnoException | null, bytes: number) => void;
-
-function readAt(fd: number, buf: Buffer, offset: number, position: number, cb: Moved): void {
-  read(fd, buf, offset, buf.length - offset, position, cb);
-}
-
-function writeAt(fd: number, buf: Buffer, offset: number, position: number, cb: Moved): void {
-  write(fd, buf, offset, buf.length - offset, position, cb);
 }
 
 function isUnsupported(err: unknown): boolean {

@@ -4,6 +4,7 @@ import {
 } from './device.ts';
 import { IoError } from './errors.ts';
 import { chunkExtents, forEachChunkPiece } from './chunks.ts';
+import { checkChunks } from './vectored.ts';
 
 const CHUNK_SHIFT = 16; // 64 KiB chunks: allocation is per chunk, never per sector
 const CHUNK_BYTES = 1 << CHUNK_SHIFT;
@@ -50,6 +51,17 @@ export class MemoryDevice implements BlockDevice {
     this.checkOpen(sector);
     checkBuffer(this, 'write', sector, data);
     this.copyIn(sector * SECTOR_SIZE, data);
+  }
+
+  /** Each piece is copied straight into the image, never joined first. */
+  async writev(sector: number, chunks: readonly Buffer[], _opts?: WriteOptions): Promise<void> {
+    this.checkOpen(sector);
+    checkChunks(this, sector, chunks);
+    let offset = sector * SECTOR_SIZE;
+    for (const c of chunks) {
+      this.copyIn(offset, c);
+      offset += c.length;
+    }
   }
 
   async flush(): Promise<void> {

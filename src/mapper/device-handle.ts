@@ -36,6 +36,10 @@ export class DeviceHandle implements BlockDevice {
     return this.closed ? this.rejectClosed(sector) : this.md.write(sector, data, opts);
   }
 
+  writev(sector: number, chunks: readonly Buffer[], opts?: WriteOptions): Promise<void> {
+    return this.closed ? this.rejectClosed(sector) : this.md.writev(sector, chunks, opts);
+  }
+
   flush(): Promise<void> {
     return this.closed ? this.rejectClosed(0) : this.md.flush();
   }

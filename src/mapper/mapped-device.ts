@@ -4,9 +4,10 @@
  */
 import {
   type BlockDevice, type Extent, type Limits, type WriteOptions, type WriteZeroesOptions,
-  checkBuffer, checkRequest, makeLimits,
+  SECTOR_SIZE, checkBuffer, checkLength, checkRequest, makeLimits,
 } from '../block/device.ts';
 import { IoError } from '../block/errors.ts';
+import { chunksLength } from '../block/vectored.ts';
 import { RequeueRequest } from './requeue.ts';
 import type { Table } from './table.ts';
 import type { SuspendOptions } from './target.ts';
@@ -137,6 +138,14 @@ export class MappedDevice implements BlockDevice {
     return this.submit((table) => {
       checkBuffer(this, 'write', sector, data);
       return table.write(sector, data, opts);
+    });
+  }
+
+  writev(sector: number, chunks: readonly Buffer[], opts: WriteOptions = {}): Promise<void> {
+    return this.submit((table) => {
+      const length = chunksLength(chunks);
+      checkLength(this, 'write', sector, length);
+      return table.writev(sector, chunks, length / SECTOR_SIZE, opts);
     });
   }
 

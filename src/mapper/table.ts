@@ -7,6 +7,7 @@ import {
   DEFAULT_MAX_TRANSFER, type Extent, type Limits, SECTOR_SIZE, type WriteOptions, type WriteZeroesOptions,
 } from '../block/device.ts';
 import { type Errno, IoError, symbolicErrno, toIoError } from '../block/errors.ts';
+import { ChunkCursor, joinChunks } from '../block/vectored.ts';
 import { splitArgs } from './args.ts';
 import { lcm } from './limits.ts';
 import type { TableLine } from './table-text.ts';
@@ -191,11 +192,21 @@ export class Table {
   }
 
   read(sector: number, into: Buffer): Promise<void> {
-    return this.mapData(sector, into, (t, rel, piece) => t.read(rel, piece));
+    return this.mapData(sector, into.length / SECTOR_SIZE, into, bufferPieces, (t, rel, piece) => t.read(rel, piece));
   }
 
   write(sector: number, data: Buffer, opts: WriteOptions): Promise<void> {
-    return this.mapData(sector, data, (t, rel, piece) => t.write(rel, piece, opts));
+    return this.mapData(sector, data.length / SECTOR_SIZE, data, bufferPieces, (t, rel, piece) => t.write(rel, piece, opts));
+  }
+
+  /**
+   * A vectored write: each target gets its part of the chunk list as views of
+   * the same chunks, never a copy; a target without `writev` gets its part
+   * joined into one buffer, so it sees the bytes a single-buffer write carries.
+   */
+  writev(sector: number, chunks: readonly Buffer[], count: number, opts: WriteOptions): Promise<void> {
+    return this.mapData(sector, count, chunks, chunkPieces, (t, rel, piece) =>
+      t.writev ? t.writev(rel, piece, opts) : t.write(rel, joinChunks(piece), opts));
   }
 
   /** An empty flush reaches every target at once (R6: the device's flush covers every underlying device). */
@@ -238,17 +249,22 @@ export class Table {
    * Splits a data request at target boundaries and at each target's
    * maxIoSectors (basic-targets §4.2); pieces run concurrently and the request
    * fails with the last error if any piece failed. One piece (the common case)
-   * goes straight through without allocating.
+   * goes straight through without allocating; otherwise `pieces(data)` hands
+   * out the data of consecutive pieces, `n` sectors each, in order.
    */
-  private mapData(sector: number, buf: Buffer, io: (t: Target, rel: number, piece: Buffer) => Promise<void>): Promise<void> {
-    const count = buf.length / SECTOR_SIZE;
+  private mapData<D>(
+    sector: number,
+    count: number,
+    data: D,
+    pieces: (data: D) => (n: number) => D,
+    io: (t: Target, rel: number, piece: D) => Promise<void>,
+  ): Promise<void> {
     const e = this.entries[this.find(sector)]!;
     const rel = sector - e.begin;
-    if (rel + count <= pieceLimit(e, rel)) return io(e.target, rel, buf);
+    if (rel + count <= pieceLimit(e, rel)) return io(e.target, rel, data);
+    const next = pieces(data);
     const pending: Promise<void>[] = [];
-    this.forEachPiece(sector, count, true, (entry, r, n, offset) => {
-      pending.push(io(entry.target, r, buf.subarray(offset * SECTOR_SIZE, (offset + n) * SECTOR_SIZE)));
-    });
+    this.forEachPiece(sector, count, true, (entry, r, n) => pending.push(io(entry.target, r, next(n))));
     return settleAll(pending);
   }
 
@@ -275,6 +291,18 @@ export class Table {
       s += n;
     }
   }
+}
+
+/** Consecutive pieces of one buffer, as subarrays. */
+function bufferPieces(buf: Buffer): (n: number) => Buffer {
+  let at = 0;
+  return (n) => buf.subarray(at, (at += n * SECTOR_SIZE));
+}
+
+/** Consecutive pieces of a chunk list, as views of its chunks. */
+function chunkPieces(chunks: readonly Buffer[]): (n: number) => readonly Buffer[] {
+  const cursor = new ChunkCursor(chunks);
+  return (n) => cursor.nextSectors(n);
 }
 
 /** End (target-relative) of the piece that starts at `rel`: the target end or the next maxIo multiple. */

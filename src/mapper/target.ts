@@ -116,6 +116,13 @@ export interface Target {
   readonly maxIoSectors?: number;
   read(sector: number, into: Buffer): Promise<void>;
   write(sector: number, data: Buffer, opts: WriteOptions): Promise<void>;
+  /**
+   * A write whose data is `chunks` in order (block/vectored.ts), split like
+   * `write`; only their total is whole sectors. Optional: the mapper joins
+   * the chunks and calls `write` for a target without it, so only targets
+   * that pass data through without looking at it gain by having it.
+   */
+  writev?(sector: number, chunks: readonly Buffer[], opts: WriteOptions): Promise<void>;
   /** An empty flush (REQ_PREFLUSH) reaching this target; targets with no volatile state resolve at once. */
   flush(): Promise<void>;
   /** Rejects with ENOTSUP (EOPNOTSUPP) where the target has no discard. */

@@ -17,15 +17,29 @@ export class StreamEnded extends IoError {
 
 type Pending =
   | { kind: 'into'; target: Buffer; filled: number; resolve: () => void; reject: (e: Error) => void }
+  | { kind: 'views'; views: Buffer[]; remaining: number; resolve: () => void; reject: (e: Error) => void }
   | { kind: 'skip'; remaining: number; resolve: () => void; reject: (e: Error) => void };
+
+/**
+ * Views one readChunks hands out before it copies the rest into one buffer:
+ * a peer sending tiny segments cannot make a read hold more Buffer objects
+ * than this, and with that buffer the list stays within Linux's IOV_MAX
+ * (1024), so a file device writes it in one pwritev.
+ */
+export const MAX_VIEWS = 1023;
 
 /**
  * A growing receive buffer over a socket for a single consumer that reads
  * fixed-size pieces. Reads that fit in the first received chunk return a
  * subarray of it (no copy); larger ones are copied straight into their final
- * buffer as data arrives. Back-pressure: the socket is paused whenever
- * `highWater` bytes are buffered and nobody is waiting for more, so a fast
- * peer cannot make us buffer without bound (spec §8.4, §13).
+ * buffer as data arrives, or, with readChunks, handed out as views of the
+ * received chunks. Those chunks are fresh Buffers from each socket read
+ * (Node allocates one per read unless the socket has an `onread` buffer,
+ * which ours never do), and nothing here writes into them, so a view stays
+ * valid and unchanged for as long as its holder keeps it. Back-pressure: the
+ * socket is paused whenever `highWater` bytes are buffered and nobody is
+ * waiting for more, so a fast peer cannot make us buffer without bound
+ * (spec §8.4, §13).
  */
 export class ByteReader {
   private readonly chunks: Buffer[] = [];
@@ -77,6 +91,30 @@ export class ByteReader {
     });
   }
 
+  /**
+   * Exactly `n` bytes as a list of views of the received chunks, in order,
+   * no copy; past MAX_VIEWS views the rest is copied into one last buffer.
+   * Bytes of the list: n; memory held: n plus at most the two partly used
+   * chunks at its ends.
+   */
+  async readChunks(n: number): Promise<Buffer[]> {
+    const p: Extract<Pending, { kind: 'views' }> = { kind: 'views', views: [], remaining: n, resolve: () => {}, reject: () => {} };
+    await new Promise<void>((resolve, reject) => {
+      p.resolve = resolve;
+      p.reject = reject;
+      this.start(p);
+    });
+    if (p.remaining > 0) {
+      const rest = Buffer.allocUnsafe(p.remaining);
+      await this.readInto(rest).catch((err: unknown) => {
+        // Views were taken already: an end here is inside the message.
+        throw err instanceof StreamEnded ? new StreamEnded(this.what, true) : err;
+      });
+      p.views.push(rest);
+    }
+    return p.views;
+  }
+
   /** Discards `n` bytes without ever holding more than one received chunk of them. */
   skip(n: number): Promise<void> {
     return new Promise((resolve, reject) => {
@@ -120,7 +158,7 @@ export class ByteReader {
     const p = this.pending;
     if (!p) return;
     this.pending = null;
-    const partial = this.total > 0 || (p.kind === 'into' ? p.filled > 0 : false);
+    const partial = this.total > 0 || (p.kind === 'into' && p.filled > 0) || (p.kind === 'views' && p.views.length > 0);
     p.reject(new StreamEnded(this.what, partial));
   }
 
@@ -131,18 +169,19 @@ export class ByteReader {
     while (this.total > 0) {
       const first = this.chunks[0]!;
       const avail = first.length - this.head;
-      const want = p.kind === 'into' ? p.target.length - p.filled : p.remaining;
+      const want = wanted(p);
       if (want === 0) break;
       const n = Math.min(avail, want);
       if (p.kind === 'into') {
         first.copy(p.target, p.filled, this.head, this.head + n);
         p.filled += n;
       } else {
+        if (p.kind === 'views') p.views.push(first.subarray(this.head, this.head + n));
         p.remaining -= n;
       }
       this.consumeFirst(n);
     }
-    const done = p.kind === 'into' ? p.filled === p.target.length : p.remaining === 0;
+    const done = wanted(p) === 0;
     if (done) {
       this.pending = null;
       p.resolve();
@@ -156,5 +195,14 @@ export class ByteReader {
       this.chunks.shift();
       this.head = 0;
     }
+  }
+}
+
+/** Bytes the waiting read still takes now: 0 when it is complete (a views read also at MAX_VIEWS). */
+function wanted(p: Pending): number {
+  switch (p.kind) {
+    case 'into': return p.target.length - p.filled;
+    case 'views': return p.views.length === MAX_VIEWS ? 0 : p.remaining;
+    case 'skip': return p.remaining;
   }
 }

@@ -7,11 +7,15 @@
  * bytes are in flight, or while the peer is not reading its replies, which
  * pushes back on the client through TCP. Requests not aligned to the
  * device's logical block size are served by read-modify-write (unaligned.ts)
- * unless the client promised to align them.
+ * unless the client promised to align them. A WRITE's payload stays the
+ * list of received chunks it arrived in (ByteReader.readChunks) and reaches
+ * the device as a vectored write (block/vectored.ts), never joined on the
+ * aligned path.
  */
 import type { Socket } from 'node:net';
 import { type BlockDevice, type Extent, SECTOR_SIZE } from '../block/device.ts';
 import { IoError, toIoError } from '../block/errors.ts';
+import { ChunkCursor, joinChunks, writeChunks } from '../block/vectored.ts';
 import { type ByteReader, StreamEnded } from './byte-reader.ts';
 import type { Session } from './handshake.ts';
 import type { NbdLogger } from './logger.ts';
@@ -99,7 +103,7 @@ export class Transmission {
     for (;;) {
       if (this.full()) await this.room();
       let req: Request;
-      let payload: Buffer | undefined;
+      let payload: readonly Buffer[] | undefined;
       try {
         req = decodeRequest(this.reader.take(REQUEST_SIZE) ?? await this.reader.readExact(REQUEST_SIZE), 0);
         if (req.magic !== REQUEST_MAGIC) return this.abort(`bad request magic 0x${req.magic.toString(16)}`);
@@ -112,7 +116,8 @@ export class Transmission {
               `len (${req.length}) is larger than max len (${MAX_PAYLOAD})`)));
             continue;
           }
-          payload = this.reader.take(req.length) ?? await this.reader.readExact(req.length);
+          const whole = this.reader.take(req.length);
+          payload = whole ? [whole] : await this.reader.readChunks(req.length);
         }
       } catch (err) {
         if (!(err instanceof StreamEnded)) throw err;
@@ -124,8 +129,8 @@ export class Transmission {
     }
   }
 
-  private start(req: Request, payload: Buffer | undefined): void {
-    const cost = req.type === CMD_READ ? req.length : payload?.length ?? 0;
+  private start(req: Request, payload: readonly Buffer[] | undefined): void {
+    const cost = req.type === CMD_READ || payload ? req.length : 0;
     this.inFlight++;
     this.inFlightBytes += cost;
     void this.handle(req, payload).then((reply) => {
@@ -137,7 +142,7 @@ export class Transmission {
   }
 
   /** Always resolves with the reply to send; every failure becomes an error reply. */
-  private async handle(req: Request, payload: Buffer | undefined): Promise<Buffer> {
+  private async handle(req: Request, payload: readonly Buffer[] | undefined): Promise<Buffer> {
     try {
       if (this.stopping) throw new IoError('ESHUTDOWN', `export '${this.exportName}' is shutting down`);
       this.validate(req);
@@ -186,7 +191,7 @@ export class Transmission {
     }
   }
 
-  private async execute(r: Request, payload: Buffer | undefined): Promise<Buffer> {
+  private async execute(r: Request, payload: readonly Buffer[] | undefined): Promise<Buffer> {
     const fua = (r.flags & CMD_FLAG_FUA) !== 0;
     const aligned = isAligned(r.offset, r.length, this.dev.limits.logicalBlockSize);
     const sector = r.offset / SECTOR_SIZE;
@@ -197,11 +202,13 @@ export class Transmission {
       case CMD_WRITE:
         if (r.length === 0) break;
         this.dirty = true;
-        if (aligned) await this.writeData(sector, payload!, fua);
+        if (aligned) await this.writeData(sector, count, payload!, fua);
         else {
+          // Rare (clients that did not negotiate alignment): one copy keeps the patching simple.
+          const data = joinChunks(payload!);
           await this.modifyUnaligned(r.offset, r.length, fua,
-            (block, at, from, n) => payload!.copy(block, at, from, from + n),
-            (s, n, native) => this.writeSectors(s, payload!.subarray(s * SECTOR_SIZE - r.offset, (s + n) * SECTOR_SIZE - r.offset), native));
+            (block, at, from, n) => data.copy(block, at, from, from + n),
+            (s, n, native) => this.writeSectors(s, n, [data.subarray(s * SECTOR_SIZE - r.offset, (s + n) * SECTOR_SIZE - r.offset)], native));
         }
         break;
       case CMD_FLUSH:
@@ -349,16 +356,22 @@ export class Transmission {
       this.dev.read(s, into.subarray((s - sector) * SECTOR_SIZE, (s - sector + n) * SECTOR_SIZE)));
   }
 
-  private async writeData(sector: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.writeSectors(sector, data, fua && this.dev.limits.fua);
+  private async writeData(sector: number, count: number, chunks: readonly Buffer[], fua: boolean): Promise<void> {
+    await this.writeSectors(sector, count, chunks, fua && this.dev.limits.fua);
     await this.emulateFua(fua);
   }
 
-  /** Writes in pieces of at most maxTransfer, with the device's own FUA if `nativeFua`. */
-  private writeSectors(sector: number, data: Buffer, nativeFua: boolean): Promise<void> {
-    return this.inPieces(sector, data.length / SECTOR_SIZE, this.transferSectors(), (s, n) =>
-      this.dev.write(s, data.subarray((s - sector) * SECTOR_SIZE, (s - sector + n) * SECTOR_SIZE),
-        nativeFua ? { fua: true } : undefined));
+  /**
+   * Writes the chunks' bytes from `sector` on, in pieces of at most
+   * maxTransfer, each a vectored write of views of the chunks, with the
+   * device's own FUA if `nativeFua`.
+   */
+  private writeSectors(sector: number, count: number, chunks: readonly Buffer[], nativeFua: boolean): Promise<void> {
+    const opts = nativeFua ? { fua: true } : undefined;
+    const piece = this.transferSectors();
+    if (count <= piece) return writeChunks(this.dev, sector, chunks, opts);
+    const cursor = new ChunkCursor(chunks);
+    return this.inPieces(sector, count, piece, (s, n) => writeChunks(this.dev, s, cursor.nextSectors(n), opts));
   }
 
   private async writeZeroes(sector: number, count: number, mayUnmap: boolean, fua: boolean): Promise<void> {
@@ -390,7 +403,8 @@ export class Transmission {
 
   /**
    * Runs `op` over [sector, sector+count) in pieces of at most `piece` sectors,
-   * concurrently. One piece, the usual case, is `op`'s own promise.
+   * concurrently, calling it for the pieces in order (writeSectors' cursor
+   * relies on that). One piece, the usual case, is `op`'s own promise.
    */
   private inPieces(sector: number, count: number, piece: number,
     op: (s: number, n: number) => Promise<void>): Promise<void> {

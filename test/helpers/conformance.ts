@@ -24,6 +24,12 @@
  * - concurrent overlapping writes leave each sector holding one of the
  *   writes that covered it (§1.7); neither they nor concurrent reads disturb
  *   other sectors;
+ * - vectored writes (`writeChunks`: the device's `writev` where it has one,
+ *   else the shared fallback) split at random places, zero-length pieces and
+ *   boundaries inside sectors included, each piece a view inside a larger
+ *   buffer: they read back as the single-buffer write of the same bytes, mix
+ *   with every other request in the model run, and keep the same bounds,
+ *   read-only and after-close refusals;
  * - the device keeps no caller buffer after a promise settles;
  * - after close, every request rejects with an IoError.
  * Read-only devices run the read-side checks only. Requests stay small (a
@@ -37,6 +43,7 @@ import fc from 'fast-check';
 
 import { type BlockDevice, SECTOR_SIZE } from '../../src/block/device.ts';
 import { type Errno, IoError } from '../../src/block/errors.ts';
+import { writeChunks } from '../../src/block/vectored.ts';
 
 export interface ConformanceSubject {
   /** A freshly opened device. */
@@ -65,6 +72,7 @@ export function blockDeviceConformance(label: string, make: () => Promise<Confor
   check('read-only refusal', readOnlyRefusal);
   check('write-zeroes and discard semantics', zeroesAndDiscard);
   check('extents agree with data', extentsAgree);
+  check('vectored writes equal single-buffer writes', vectoredWrites);
   check('concurrent overlapping requests', concurrentOverlap);
   check('buffers are not kept after a request settles', buffersNotKept);
   check('requests after close reject', afterClose);
@@ -151,6 +159,32 @@ function sectorOf(buf: Buffer, i: number): Buffer {
   return buf.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE);
 }
 
+/** Cut points for splitting a buffer: any bytes, any number, repeats allowed. */
+const cutsArb = fc.array(fc.nat(), { maxLength: 8 });
+
+/** Bytes written around each piece of `split`: a device that reads past a view writes these. */
+const OUTSIDE_VIEW = 0xee;
+
+/**
+ * `data` split at `cuts` (taken modulo its length + 1, so a cut may fall
+ * inside a sector, at either end, or twice at one place: zero-length
+ * pieces), each piece a copy placed inside a larger buffer, as a socket
+ * chunk holds the end of one request and the start of the next.
+ */
+function split(data: Buffer, cuts: readonly number[]): Buffer[] {
+  const at = cuts.map((c) => c % (data.length + 1)).sort((a, b) => a - b);
+  const bounds = [0, ...at, data.length];
+  const pieces: Buffer[] = [];
+  for (let i = 0; i + 1 < bounds.length; i++) {
+    const part = data.subarray(bounds[i], bounds[i + 1]);
+    const pad = 1 + (i % 3) * 7;
+    const holder = Buffer.alloc(part.length + 2 * pad, OUTSIDE_VIEW);
+    part.copy(holder, pad);
+    pieces.push(holder.subarray(pad, pad + part.length));
+  }
+  return pieces;
+}
+
 function isZero(buf: Buffer): boolean {
   for (let i = 0; i < buf.length; i += SECTOR_SIZE) if (!sectorOf(buf, i / SECTOR_SIZE).equals(ZERO_SECTOR)) return false;
   return true;
@@ -222,6 +256,7 @@ class Model {
 type Op =
   | { kind: 'read'; block: number; blocks: number }
   | { kind: 'write'; block: number; blocks: number; seed: number; fua: boolean }
+  | { kind: 'writev'; block: number; blocks: number; seed: number; fua: boolean; cuts: number[] }
   | { kind: 'zeroes'; block: number; blocks: number; mayUnmap: boolean }
   | { kind: 'discard'; block: number; blocks: number }
   | { kind: 'flush' };
@@ -248,6 +283,7 @@ async function roundTrip(h: Harness): Promise<void> {
   if (h.writable) {
     ops.push(
       fc.tuple(range, fc.nat(), fc.boolean()).map(([r, seed, fua]) => ({ kind: 'write' as const, ...r, seed, fua })),
+      fc.tuple(range, fc.nat(), fc.boolean(), cutsArb).map(([r, seed, fua, cuts]) => ({ kind: 'writev' as const, ...r, seed, fua, cuts })),
       fc.constant({ kind: 'flush' as const }),
     );
     if (dev.limits.writeZeroes) {
@@ -275,6 +311,12 @@ async function roundTrip(h: Harness): Promise<void> {
           case 'write': {
             const data = pattern(count, op.seed);
             await dev.write(sector, data, { fua: op.fua });
+            model.write(sector, data);
+            break;
+          }
+          case 'writev': {
+            const data = pattern(count, op.seed);
+            await writeChunks(dev, sector, split(data, op.cuts), { fua: op.fua });
             model.write(sector, data);
             break;
           }
@@ -348,6 +390,19 @@ async function bounds(h: Harness): Promise<void> {
   }
   if (canTestMaxTransfer) {
     await rejectsWith(`write of ${over} sectors`, ['EINVAL'], () => dev.write(0, Buffer.alloc(overBytes, 0x5a)));
+    await rejectsWith(`vectored write of ${over} sectors`, ['EINVAL'], () =>
+      writeChunks(dev, 0, split(Buffer.alloc(overBytes, 0x5a), [1, overBytes >> 1])));
+  }
+  const halves = split(block, [block.length >> 1]);
+  await rejectsWith('vectored write at the end', ['ENOSPC'], () => writeChunks(dev, h.blocks * step, halves));
+  await rejectsWith('vectored write straddling the end', ['ENOSPC'], () =>
+    writeChunks(dev, (h.blocks - 1) * step, [...halves, ...halves]));
+  await rejectsWith('vectored write of no chunks', ['EINVAL'], () => writeChunks(dev, 0, []));
+  await rejectsWith('vectored write of empty chunks', ['EINVAL'], () => writeChunks(dev, 0, [Buffer.alloc(0), Buffer.alloc(0)]));
+  await rejectsWith('vectored write of 100 + 413 bytes', ['EINVAL'], () => writeChunks(dev, 0, [Buffer.alloc(100, 1), Buffer.alloc(413, 1)]));
+  await rejectsWith('vectored write at sector -1', ['EINVAL'], () => writeChunks(dev, -1, halves));
+  if (step > 1) {
+    await rejectsWith('vectored write of one 512-byte sector', ['EINVAL'], () => writeChunks(dev, 0, split(Buffer.alloc(SECTOR_SIZE, 1), [7])));
   }
   assert.ok((await h.readRange(0, step)).equals(before), 'a rejected request changed sector 0');
 }
@@ -359,6 +414,7 @@ async function readOnlyRefusal(h: Harness): Promise<void> {
   const before = await h.readRange(0, count);
   await rejectsWith('write to a read-only device', ['EPERM'], () => dev.write(0, pattern(count, 1)));
   await rejectsWith('FUA write to a read-only device', ['EPERM'], () => dev.write(0, pattern(count, 2), { fua: true }));
+  await rejectsWith('vectored write to a read-only device', ['EPERM'], () => writeChunks(dev, 0, split(pattern(count, 3), [1, 600])));
   await rejectsWith('write-zeroes on a read-only device', ['EPERM'], () => dev.writeZeroes(0, count));
   await rejectsWith('discard on a read-only device', ['EPERM'], () => dev.discard(0, count));
   await dev.flush();
@@ -447,6 +503,35 @@ async function extentsAgree(h: Harness): Promise<void> {
   );
 }
 
+/**
+ * The same bytes written as one buffer and as a split chunk list read back
+ * identically, and as written; the bytes around each view are never stored,
+ * and changing the chunks after the write settled changes nothing.
+ */
+async function vectoredWrites(h: Harness): Promise<void> {
+  const { dev, step } = h;
+  if (!h.writable) return h.skip('device is read-only');
+  const range = rangeArb(h, h.maxRequestBlocks(256));
+  await fc.assert(
+    fc.asyncProperty(range, fc.nat(), cutsArb, fc.boolean(), async ({ block, blocks }, seed, cuts, fua) => {
+      const sector = block * step;
+      const count = blocks * step;
+      const data = pattern(count, seed);
+      const what = `${count} sectors at ${sector} split at ${JSON.stringify(cuts)}`;
+      await dev.write(sector, data, { fua });
+      const single = await h.readRange(sector, count);
+      assert.ok(single.equals(data), `single-buffer write of ${what}: does not read back`);
+      await h.writeRange(sector, pattern(count, seed + 1));
+      const chunks = split(data, cuts);
+      await writeChunks(dev, sector, chunks, { fua });
+      for (const c of chunks) c.fill(0xa5);
+      const vectored = await h.readRange(sector, count);
+      assert.ok(vectored.equals(single), `vectored write of ${what}: reads back other bytes than the single-buffer write`);
+    }),
+    { numRuns: 30 },
+  );
+}
+
 async function concurrentOverlap(h: Harness): Promise<void> {
   const { dev, step } = h;
   if (!h.writable) return h.skip('device is read-only');
@@ -516,6 +601,7 @@ async function afterClose(h: Harness): Promise<void> {
   const any = 'any';
   await rejectsWith('read after close', any, () => dev.read(0, block));
   await rejectsWith('write after close', any, () => dev.write(0, block));
+  await rejectsWith('vectored write after close', any, () => writeChunks(dev, 0, split(block, [100])));
   await rejectsWith('flush after close', any, () => dev.flush());
   await rejectsWith('discard after close', any, () => dev.discard(0, step));
   await rejectsWith('write-zeroes after close', any, () => dev.writeZeroes(0, step));

@@ -23,6 +23,16 @@ blockDeviceConformance('linear + striped + linear', mapped([
   '1000 4096 striped 2 128 /dev/loop0 0 /dev/loop1 0',
   '5096 3000 linear /dev/loop0 10000',
 ]));
+// Many short targets, so requests (vectored writes among them) cross
+// boundaries between targets that take chunk lists (linear, striped) and
+// targets that get them joined (delay, flakey).
+blockDeviceConformance('five targets, short ones first', mapped([
+  '0 40 linear /dev/loop0 0',
+  '40 64 striped 2 8 /dev/loop1 0 /dev/loop0 1000',
+  '104 48 delay /dev/loop0 2000 0',
+  '152 56 flakey /dev/loop1 3000 1 0',
+  '208 7984 linear /dev/loop1 5000',
+]));
 blockDeviceConformance('delay 0 0 0', mapped(['0 8192 delay /dev/loop0 0 0 /dev/loop0 0 0 /dev/loop0 0 0']));
 blockDeviceConformance('flakey, always up', mapped(['0 8192 flakey /dev/loop0 0 1 0']));
 blockDeviceConformance('linear, read-only table', async () => {

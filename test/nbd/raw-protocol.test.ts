@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
-import type { BlockDevice } from '../../src/block/device.ts';
+import type { BlockDevice, WriteOptions } from '../../src/block/device.ts';
 import { MemoryDevice } from '../../src/block/memory-device.ts';
 import {
   CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_REQ_ONE, CMD_FLUSH,
@@ -25,11 +25,19 @@ const SIZE = 8 * MiB;
 let served: Served;
 let disk: MemoryDevice;
 let flushes = 0;
+/** Chunk counts of the vectored writes that reached 'disk'. */
+const vectored: number[] = [];
 
 before(async () => {
   disk = new MemoryDevice(SIZE / 512, { name: 'disk' });
   const counted: BlockDevice = Object.create(disk, {
     flush: { value: async () => { flushes++; await disk.flush(); } },
+    writev: {
+      value: (sector: number, chunks: readonly Buffer[], opts?: WriteOptions) => {
+        vectored.push(chunks.length);
+        return disk.writev(sector, chunks, opts);
+      },
+    },
   });
   const ro = new MemoryDevice(2048, { name: 'ro' });
   const slowZero = new MemoryDevice(2048, { name: 'slowzero', limits: { writeZeroes: false } });
@@ -405,6 +413,23 @@ describe('NBD server transmission (raw bytes)', () => {
     p.close();
   });
 
+  it('a 4 MiB WRITE reaches the device as the received chunks, not joined, and lands byte for byte', async () => {
+    const { p } = await transmission();
+    const data = Buffer.alloc(4 * MiB);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+    vectored.length = 0;
+    for (const fua of [0, CMD_FLAG_FUA]) {
+      request(p, CMD_WRITE, { offset: MiB, payload: data, flags: fua, cookie: 9n });
+      assert.equal(errnoOf(await reply(p)), 0);
+      assert.ok(disk.peek(MiB, data.length).equals(data), 'device bytes after the write');
+      await disk.write(MiB / 512, Buffer.alloc(data.length));
+    }
+    // A socket read brings at most 64 KiB: 4 MiB is at least 64 chunks.
+    assert.equal(vectored.length, 2);
+    assert.ok(vectored.every((n) => n >= 64), `chunks per write: ${vectored.join(', ')}`);
+    p.close();
+  });
+
   it('answers requests pipelined in one segment with the data of each one (replies gathered into one writev)', async () => {
     const { p } = await transmission();
     const n = 48;
@@ -526,6 +551,18 @@ describe('NBD server: requests not aligned to the logical block size (spec §8.2
       }
     });
   }
+
+  it('an unaligned WRITE that arrives in many chunks lands byte for byte', async () => {
+    const { p } = await transmission('big', true, false, { port: loose.port });
+    await big.writeZeroes(0, SMALL / 512);
+    const data = Buffer.alloc(200 * 1024 + 7);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 13 + 5) & 0xff;
+    assert.equal((await call(p, true, CMD_WRITE, { offset: 4001, payload: data })).errno, 0);
+    const want = Buffer.alloc(SMALL);
+    data.copy(want, 4001);
+    assert.ok(big.peek(0, SMALL).equals(want));
+    p.close();
+  });
 
   it('an unaligned READ of 64 KiB or more is one data chunk; TRIM is rounded inwards; BLOCK_STATUS starts at the odd offset', async () => {
     const { p } = await transmission('big', true, true, { port: loose.port });

@@ -6,6 +6,7 @@
  *   status: (empty)
  */
 import type { Extent, WriteOptions, WriteZeroesOptions } from '../../block/device.ts';
+import { writeChunks } from '../../block/vectored.ts';
 import { inheritLimits } from '../../mapper/limits.ts';
 import type {
   DeviceArea, StatusType, Target, TargetContext, TargetLimits, TargetType,
@@ -53,6 +54,10 @@ class LinearTarget implements Target {
 
   write(sector: number, data: Buffer, opts: WriteOptions): Promise<void> {
     return this.dest.ref.device.write(this.map(sector), data, opts);
+  }
+
+  writev(sector: number, chunks: readonly Buffer[], opts: WriteOptions): Promise<void> {
+    return writeChunks(this.dest.ref.device, this.map(sector), chunks, opts);
   }
 
   flush(): Promise<void> {

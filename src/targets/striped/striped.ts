@@ -9,6 +9,7 @@ import {
   SECTOR_SIZE, type BlockDevice, type WriteOptions, type WriteZeroesOptions,
 } from '../../block/device.ts';
 import { IoError } from '../../block/errors.ts';
+import { chunksLength, writeChunks } from '../../block/vectored.ts';
 import { kstrtouint } from '../../mapper/args.ts';
 import { inheritLimits } from '../../mapper/limits.ts';
 import type {
@@ -143,10 +144,10 @@ class StripedTarget implements Target {
    * The stripe and device sector of a read/write piece. The mapper splits at
    * multiples of the chunk size (maxIoSectors), so a piece lies in one chunk.
    */
-  private mapPiece(op: TargetOp, sector: number, buf: Buffer): { stripe: Stripe; at: number } {
+  private mapPiece(op: TargetOp, sector: number, length: number): { stripe: Stripe; at: number } {
     const { chunk } = this.geometry;
     const loc = stripeMapSector(this.geometry, sector);
-    const count = buf.length / SECTOR_SIZE;
+    const count = length / SECTOR_SIZE;
     if ((loc.sector % chunk) + count > chunk) {
       const at = this.ctx.begin + sector;
       throw new IoError(
@@ -160,13 +161,18 @@ class StripedTarget implements Target {
   }
 
   async read(sector: number, into: Buffer): Promise<void> {
-    const { stripe, at } = this.mapPiece('read', sector, into);
+    const { stripe, at } = this.mapPiece('read', sector, into.length);
     await this.accounted(stripe, stripe.ref.device.read(at, into));
   }
 
   async write(sector: number, data: Buffer, opts: WriteOptions): Promise<void> {
-    const { stripe, at } = this.mapPiece('write', sector, data);
+    const { stripe, at } = this.mapPiece('write', sector, data.length);
     await this.accounted(stripe, stripe.ref.device.write(at, data, opts));
+  }
+
+  async writev(sector: number, chunks: readonly Buffer[], opts: WriteOptions): Promise<void> {
+    const { stripe, at } = this.mapPiece('write', sector, chunksLength(chunks));
+    await this.accounted(stripe, writeChunks(stripe.ref.device, at, chunks, opts));
   }
 
   /** Per-target flush path (§8.2.4): copy k goes to stripe k's device. */

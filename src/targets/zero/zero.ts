@@ -37,6 +37,9 @@ class ZeroTarget implements Target {
     // Dropped: zero_map completes writes without storing them.
   }
 
+  /** Dropped too, without joining the chunks first. */
+  async writev(): Promise<void> {}
+
   async flush(): Promise<void> {
     // num_flush_bios = 0: the core never sends the target a flush; it succeeds.
   }
