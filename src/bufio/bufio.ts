@@ -109,7 +109,7 @@ export class BufferCache {
       await this.makeRoom();
       e = this.entries.get(block); // a concurrent reader may have got there while we made room
       if (e) e.holds++;
-      else e = this.startRead(block, 1);
+      else e = this.startRead(block, 1, 1);
     }
     if (e.reading) {
       try {
@@ -171,13 +171,22 @@ export class BufferCache {
     this.dirtyEntries.add(e);
   }
 
-  /** Starts reads of the uncached blocks of [block, block + count); holds nothing, waits for nothing. */
+  /**
+   * Starts reads of the uncached blocks of [block, block + count), one device
+   * read per run of adjacent ones up to the device's largest transfer (the
+   * block layer merges dm-bufio's prefetch bios alike); holds nothing, waits
+   * for nothing. Room is made by evicting idle buffers, least recently used
+   * first; once none is left idle, the rest of the range is not read.
+   */
   prefetch(block: number, count: number): void {
     const end = Math.min(block + count, this.nrBlocks);
-    for (let b = block; b < end; b++) {
-      if (this.entries.has(b)) continue;
-      if (this.cachedBytes + this.blockSize > this.maxBytes) return;
-      this.startRead(b, 0).reading?.catch(() => undefined);
+    const longest = Math.max(1, Math.floor(this.device.limits.maxTransfer / this.blockSectors));
+    for (let b = block; b < end; ) {
+      let n = 0;
+      while (b + n < end && n < longest && !this.entries.has(b + n) && this.evictIdleFor(n + 1)) n++;
+      if (n > 0) this.startRead(b, n, 0).reading?.catch(() => undefined);
+      else if (!this.entries.has(b)) return;
+      b += Math.max(n, 1);
     }
   }
 
@@ -239,23 +248,37 @@ export class BufferCache {
     }
   }
 
-  private startRead(block: number, holds: number): Entry {
-    const e = new Entry(block, Buffer.allocUnsafe(this.blockSize));
-    e.holds = holds;
-    this.entries.set(block, e);
-    this.stats.reads++;
+  /**
+   * Caches `n` adjacent blocks from `block` on, each held `holds` times,
+   * filled by one device read that is every entry's `reading`; returns the
+   * first. A failed read leaves none of them cached: the next read of each
+   * retries the I/O.
+   */
+  private startRead(block: number, n: number, holds: number): Entry {
+    const run: Entry[] = [];
+    for (let i = 0; i < n; i++) {
+      const e = new Entry(block + i, Buffer.allocUnsafe(this.blockSize));
+      e.holds = holds;
+      this.entries.set(e.block, e);
+      run.push(e);
+    }
+    this.stats.reads += n;
     const sector = block * this.blockSectors;
-    e.reading = this.device.read(sector, e.data).then(
+    const into = n === 1 ? run[0]!.data : Buffer.allocUnsafe(n * this.blockSize);
+    const reading = this.device.read(sector, into).then(
       () => {
-        e.reading = null;
+        for (const [i, e] of run.entries()) {
+          if (n > 1) into.copy(e.data, 0, i * this.blockSize, (i + 1) * this.blockSize);
+          e.reading = null;
+        }
       },
       (err: unknown) => {
-        // Nothing is cached after a failed read: the next read retries the I/O.
-        if (this.entries.get(block) === e) this.entries.delete(block);
+        for (const e of run) if (this.entries.get(e.block) === e) this.entries.delete(e.block);
         throw toIoError(err, { device: this.device.name, sector });
       },
     );
-    return e;
+    for (const e of run) e.reading = reading;
+    return run[0]!;
   }
 
   /** One write at a time per block: two overlapping writes in flight may land in either order (§1 item 7). */
@@ -297,6 +320,27 @@ export class BufferCache {
   private drop(e: Entry): void {
     if (this.entries.get(e.block) === e) this.entries.delete(e.block);
     this.dirtyEntries.delete(e);
+  }
+
+  /**
+   * Room for `n` more blocks without waiting: evicts idle buffers, least
+   * recently used first, as long as there are any. False when the bound
+   * would still be exceeded.
+   */
+  private evictIdleFor(n: number): boolean {
+    while (this.cachedBytes + n * this.blockSize > this.maxBytes) {
+      let victim: Entry | undefined;
+      for (const e of this.entries.values()) {
+        if (e.idle) {
+          victim = e;
+          break;
+        }
+      }
+      if (!victim) return false;
+      this.drop(victim);
+      this.stats.evictions++;
+    }
+    return true;
   }
 
   /**

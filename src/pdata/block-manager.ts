@@ -106,6 +106,17 @@ export class BlockManager {
     this.cache.prefetch(b, 1);
   }
 
+  /** Starts reading the uncached ones of `blocks`, which a walk is about to visit: a read per run of adjacent blocks. */
+  prefetchAll(blocks: readonly number[]): void {
+    const sorted = [...blocks].sort((x, y) => x - y);
+    for (let i = 0; i < sorted.length; ) {
+      let n = 1;
+      while (i + n < sorted.length && sorted[i + n] === sorted[i]! + n) n++;
+      this.cache.prefetch(sorted[i]!, n);
+      i += n;
+    }
+  }
+
   /** Writes every dirty block, waits, and flushes the device (dm_bm_flush). */
   async flush(): Promise<void> {
     await this.cache.flush();

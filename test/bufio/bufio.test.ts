@@ -11,6 +11,8 @@ const BS = 4096;
 /** A MemoryDevice whose writes can be held in flight, fail on demand, and are logged. */
 class GatedDevice extends MemoryDevice {
   writes: { block: number; first: number }[] = [];
+  /** Device reads, as [first block, blocks]. */
+  reads: [number, number][] = [];
   flushes = 0;
   inFlight = 0;
   maxInFlightPerBlock = 0;
@@ -35,6 +37,7 @@ class GatedDevice extends MemoryDevice {
   }
 
   override async read(sector: number, into: Buffer): Promise<void> {
+    this.reads.push([sector / 8, into.length / BS]);
     if (this.failReads) throw new IoError('EIO', `read at ${sector} failed`);
     return super.read(sector, into);
   }
@@ -189,6 +192,54 @@ test('prefetch starts reads that a later read reuses; get never does I/O', async
   for (let i = 10; i < 14; i++) c.release(await c.read(i));
   assert.equal(c.stats.reads, 4);
   await assert.rejects(c.read(64), { code: 'ENOSPC' });
+});
+
+test('prefetch reads each run of adjacent uncached blocks at once, and each block gets its own contents', async () => {
+  const dev = new GatedDevice(64 * 8);
+  for (let b = 20; b < 30; b++) await dev.write(b * 8, Buffer.alloc(BS, b));
+  const c = new BufferCache(dev, { blockSize: BS });
+  c.release(await c.read(23));
+  dev.reads = [];
+  c.prefetch(20, 10);
+  assert.deepEqual(dev.reads, [[20, 3], [24, 6]]);
+  for (let b = 20; b < 30; b++) {
+    const e = await c.read(b);
+    assert.ok(e.data.every((x) => x === b), `block ${b}`);
+    c.release(e);
+  }
+  assert.equal(dev.reads.length, 2);
+  assert.equal(c.stats.reads, 10);
+
+  const small = new GatedDevice(64 * 8, { limits: { maxTransfer: 3 * 8 } });
+  const d = new BufferCache(small, { blockSize: BS });
+  d.prefetch(0, 8);
+  assert.deepEqual(small.reads, [[0, 3], [3, 3], [6, 2]], 'runs split at the largest transfer');
+});
+
+test('prefetch evicts idle buffers for room, never held ones, and a failed prefetch caches nothing', async () => {
+  const dev = new GatedDevice(64 * 8);
+  const c = new BufferCache(dev, { blockSize: BS, maxBytes: 4 * BS });
+  const held = await c.read(0);
+  for (let b = 1; b < 4; b++) c.release(await c.read(b));
+  c.prefetch(10, 3); // room by evicting blocks 1..3, the idle ones
+  assert.equal(c.get(1), undefined);
+  for (let b = 10; b < 13; b++) c.release(await c.read(b));
+  assert.equal(c.cachedBytes, 4 * BS);
+  const all = [held];
+  for (let b = 10; b < 13; b++) all.push(await c.read(b));
+  dev.reads = [];
+  c.prefetch(20, 2); // everything is held: nothing is read
+  assert.deepEqual(dev.reads, []);
+  for (const e of all) c.release(e);
+  dev.failReads = true;
+  c.prefetch(30, 2);
+  assert.deepEqual(dev.reads, [[30, 2]]);
+  await new Promise((r) => setImmediate(r));
+  dev.failReads = false;
+  assert.equal(c.get(30), undefined);
+  const e = await c.read(31);
+  c.release(e);
+  assert.deepEqual(dev.reads, [[30, 2], [31, 1]]);
 });
 
 test('discardAll drops dirty buffers after in-flight writes settle', async () => {

@@ -42,7 +42,7 @@ async function assertCountsFromWalk(dev: MemoryDevice): Promise<void> {
   const refs = new Uint32Array(smRoot.nrBlocks);
   const errors: string[] = [];
   refs[0] = 1;
-  await checkTree({ tm, refs, errors }, root, { name: 'array', valueSize: 8, onValue: (_k, v) => void refs[readU64(v, 0)]!++ });
+  await checkTree({ tm, refs, errors }, root, { name: 'array', valueSize: 8, onValue: (_k, leaf, at) => void refs[readU64(leaf, at)]!++ });
   refs[smRoot.bitmapRoot]!++;
   const index = await IndexBlockStore.read(tm, smRoot.bitmapRoot, Math.ceil(smRoot.nrBlocks / 16320));
   for (const e of index.entries) refs[e.blocknr]!++;

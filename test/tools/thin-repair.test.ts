@@ -13,7 +13,7 @@ import { MemoryDevice } from '../../src/block/memory-device.ts';
 import { lookup } from '../../src/pdata/btree/btree.ts';
 import { Node } from '../../src/pdata/btree/node.ts';
 import { blockChecksum } from '../../src/pdata/checksum.ts';
-import { readU64 } from '../../src/pdata/endian.ts';
+import { readU64, writeU64 } from '../../src/pdata/endian.ts';
 import { ENTRIES_PER_BITMAP, setEntry } from '../../src/pdata/space-map/bitmap.ts';
 import { decodeIndexEntry } from '../../src/pdata/space-map/index-entry.ts';
 import { decodeSpaceMapRoot } from '../../src/pdata/space-map/root.ts';
@@ -400,6 +400,19 @@ describe('thin check --clear-needs-check-flag and --auto-repair, against thin_ch
     assert.equal(refused.code, 1);
     assert.doesNotMatch(refused.stderr, /fixed/);
     assert.deepEqual(await readFile(usedPath), used);
+  });
+
+  it('a data space map claiming more blocks than the metadata device has room for bitmaps of is one error (nothing is allocated for its counts)', async () => {
+    const img = await baseImage();
+    writeU64(img, 64, 2 ** 40); // the data space-map root's nr_blocks
+    restamp(img, 0, SALT.thinSuperblock);
+    const path = await fileOf(img);
+    const ours = await dmkit(thinCheck, path);
+    assert.equal(ours.code, 1);
+    const most = (IMAGE_BYTES / BLOCK) * ENTRIES_PER_BITMAP;
+    assert.deepEqual(ours.stderr.split('\n').filter((line) => line.includes('data space map')), [
+      `data space map claims ${2 ** 40} blocks, more than the bitmaps ${IMAGE_BYTES / BLOCK} metadata blocks can hold (${most})`,
+    ]);
   });
 });
 

@@ -159,3 +159,24 @@ test('damage: both checkers fail a flipped byte and report a leaked block as non
   assert.match(ours.stderr, /checksum/);
   assert.equal((await dmkit(thinDump, path)).code, 1);
 });
+
+test('a data block mapped by 300 devices: its count, past what a byte holds, is compared exactly', async () => {
+  const input = join(dir, 'shared.xml');
+  const devices = Array.from({ length: 300 }, (_, id): [number, [number, number, number, number][], [number, number, number]] => [id, [[0, 5, 1, 0], [1, 10 + id, 1, 0]], [0, 0, 0]]);
+  await writeFile(input, xml({ time: 1, transaction: 1, nrData: 1000 }, devices));
+  const path = await blankFile('shared.bin');
+  assert.equal((await real('thin_restore', '-i', input, '-o', path)).code, 0);
+  assert.deepEqual(await dmkit(thinCheck, '-q', path), { code: 0, stdout: '', stderr: '' });
+
+  // The data space map's ref-count tree is one leaf holding block 5's count: 300 becomes 299.
+  const image = await readFile(path);
+  const leaf = image.readUInt32LE(64 + 24) * 4096; // data space-map root: ref_count_root
+  const max = image.readUInt32LE(leaf + 20);
+  assert.deepEqual([image.readUInt32LE(leaf + 16), image.readUInt32LE(leaf + 32), image.readUInt32LE(leaf + 32 + 8 * max)], [1, 5, 300]);
+  image.writeUInt32LE(299, leaf + 32 + 8 * max);
+  image.writeUInt32LE(blockChecksum(image.subarray(leaf, leaf + 4096), SALT.btreeNode), leaf);
+  await writeFile(path, image);
+  const ours = await dmkit(thinCheck, path);
+  assert.equal(ours.code, 1);
+  assert.match(ours.stderr, /\ndata reference counts differ for block 5, expected 300, but got 299\n$/);
+});

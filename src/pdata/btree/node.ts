@@ -73,9 +73,14 @@ export class Node {
     writeU64(this.data, BTREE_HEADER_SIZE + 8 * i, key);
   }
 
+  /** Byte offset of value slot `i` in the block. */
+  valueOffset(i: number): number {
+    return this.valuesAt + this.valueSize * i;
+  }
+
   /** The value slot `i`, as a view into the block. */
   value(i: number): Buffer {
-    const at = this.valuesAt + this.valueSize * i;
+    const at = this.valueOffset(i);
     return this.data.subarray(at, at + this.valueSize);
   }
 

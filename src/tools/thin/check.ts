@@ -1,3 +1,4 @@
+import { constants } from 'node:buffer';
 import type { BlockDevice } from '../../block/device.ts';
 import { IoError } from '../../block/errors.ts';
 import { FileDevice } from '../../block/file-device.ts';
@@ -5,7 +6,7 @@ import { BlockManager, METADATA_BLOCK_SIZE } from '../../pdata/block-manager.ts'
 import { type TreeCheck, checkTree } from '../../pdata/btree/check.ts';
 import { blockChecksum } from '../../pdata/checksum.ts';
 import { readU64 } from '../../pdata/endian.ts';
-import { BITMAP_OVERFLOW, ENTRIES_PER_BITMAP, getEntry } from '../../pdata/space-map/bitmap.ts';
+import { BITMAP_HEADER_SIZE, BITMAP_OVERFLOW, ENTRIES_PER_BITMAP, getEntry } from '../../pdata/space-map/bitmap.ts';
 import { IndexBlockStore } from '../../pdata/space-map/index-block.ts';
 import { type IndexEntry, decodeIndexEntry } from '../../pdata/space-map/index-entry.ts';
 import { type SpaceMapRoot, decodeSpaceMapRoot } from '../../pdata/space-map/root.ts';
@@ -16,6 +17,12 @@ import { TransactionManager } from '../../pdata/transaction-manager.ts';
 import { SALT, bitmapValidator } from '../../pdata/validators.ts';
 import type { ToolIo } from './io.ts';
 import { parseArgs, parseNumber } from './options.ts';
+
+/** Space-map bitmaps read ahead of the comparison, 1 MiB at a time. */
+const BITMAP_PREFETCH = 256;
+
+/** The most elements of a typed array: the data reference counts take one per data block. */
+const MAX_LENGTH = constants.MAX_LENGTH;
 
 export interface CheckOptions {
   superBlockOnly?: boolean;
@@ -120,8 +127,9 @@ async function readHeldSuperblock(bm: BlockManager, held: number, report: CheckR
 class Checker {
   private readonly tm: TransactionManager;
   private readonly c: TreeCheck;
-  private readonly dataRefs = new Map<number, number>();
   private readonly dataRoot: SpaceMapRoot;
+  /** Data references found by the walk; null when they are not compared (-m, --skip-mappings) or cannot be. */
+  private readonly dataRefs: RefCounts | null = null;
 
   constructor(
     bm: BlockManager,
@@ -134,6 +142,16 @@ class Checker {
     this.tm = TransactionManager.readOnly(bm);
     this.c = { tm: this.tm, refs: new Uint32Array(metaRoot.nrBlocks), errors: report.errors };
     this.dataRoot = decodeSpaceMapRoot(sb.dataSpaceMapRoot);
+    if (opts.metadataSnap || opts.skipMappings) return;
+    // The counts take a byte per data block: allocate only what bitmaps in this metadata device could describe.
+    const mostDataBlocks = bm.nrBlocks * ENTRIES_PER_BITMAP;
+    if (this.dataRoot.nrBlocks > mostDataBlocks) {
+      report.errors.push(`data space map claims ${this.dataRoot.nrBlocks} blocks, more than the bitmaps ${bm.nrBlocks} metadata blocks can hold (${mostDataBlocks})`);
+    } else if (this.dataRoot.nrBlocks > MAX_LENGTH) {
+      report.errors.push(`data space map of ${this.dataRoot.nrBlocks} blocks: dmkit counts the references of at most ${MAX_LENGTH} data blocks`);
+    } else {
+      this.dataRefs = new RefCounts(new Uint8Array(this.dataRoot.nrBlocks));
+    }
   }
 
   async run(): Promise<void> {
@@ -145,10 +163,11 @@ class Checker {
     if (this.opts.skipMappings) return;
     this.progress('checking space map counts');
     const metaOverflow = await this.spaceMapStructures(this.metaRoot, 'metadata', true);
+    if (!this.dataRefs) return; // the data space map's size was refused: an error already
     const dataOverflow = await this.spaceMapStructures(this.dataRoot, 'data', false);
     if (this.report.errors.length > 0) return; // counts of a damaged walk would only add noise
-    await this.compareCounts('metadata', this.metaRoot, this.metaIndex, metaOverflow, (b) => this.c.refs[b]!);
-    await this.compareCounts('data', this.dataRoot, this.dataIndex, dataOverflow, (b) => this.dataRefs.get(b) ?? 0);
+    await this.compareCounts('metadata', this.metaRoot, this.metaIndex, metaOverflow, new RefCounts(this.c.refs));
+    await this.compareCounts('data', this.dataRoot, this.dataIndex, dataOverflow, this.dataRefs);
   }
 
   private metaIndex: IndexEntry[] = [];
@@ -174,8 +193,9 @@ class Checker {
     await checkTree(this.c, sb.dataMappingRoot, {
       name: `${prefix}mapping tree`,
       valueSize: 8,
-      onValue: (id, v) => {
-        subtrees.push({ id, root: readU64(v, 0) });
+      onValue: (id, leaf, at) => {
+        // From a view of the value, as index entries below: EOVERFLOW (a root beyond 2^53) names the byte within the value.
+        subtrees.push({ id, root: readU64(leaf.subarray(at, at + 8), 0) });
       },
     });
     for (const { id, root } of subtrees) {
@@ -184,12 +204,13 @@ class Checker {
       await checkTree(this.c, root, {
         name: `${prefix}mapping tree of device ${id}`,
         valueSize: 8,
-        onValue: (vblock, v) => {
-          const { block } = decodeBlockTime(v);
+        onValue: (vblock, leaf, at) => {
+          const { block } = decodeBlockTime(leaf, at);
           if (block >= this.dataRoot.nrBlocks) {
             this.report.errors.push(`device ${id} block ${vblock} maps data block ${block} beyond the data device (${this.dataRoot.nrBlocks} blocks)`);
+          } else {
+            this.dataRefs?.inc(block);
           }
-          this.dataRefs.set(block, (this.dataRefs.get(block) ?? 0) + 1);
         },
       });
     }
@@ -230,8 +251,8 @@ class Checker {
       await checkTree(this.c, root.bitmapRoot, {
         name: 'data space map index',
         valueSize: 16,
-        onValue: (i, v) => {
-          index[i] = decodeIndexEntry(v, 0);
+        onValue: (i, leaf, at) => {
+          index[i] = decodeIndexEntry(leaf.subarray(at, at + 16), 0);
         },
       });
     }
@@ -246,8 +267,8 @@ class Checker {
     await checkTree(this.c, root.refCountRoot, {
       name: `${kind} space map ref-count tree`,
       valueSize: 4,
-      onValue: (b, v) => {
-        overflow.set(b, v.readUInt32LE(0));
+      onValue: (b, leaf, at) => {
+        overflow.set(b, leaf.readUInt32LE(at));
       },
     });
     return overflow;
@@ -258,9 +279,10 @@ class Checker {
     root: SpaceMapRoot,
     index: IndexEntry[],
     overflow: Map<number, number>,
-    expected: (b: number) => number,
+    expected: RefCounts,
   ): Promise<void> {
     for (let i = 0; i * ENTRIES_PER_BITMAP < root.nrBlocks; i++) {
+      if (i % BITMAP_PREFETCH === 0) this.tm.bm.prefetchAll(index.slice(i, i + BITMAP_PREFETCH).map((e) => e.blocknr));
       let block;
       try {
         block = await this.tm.readLock(index[i]!.blocknr, bitmapValidator);
@@ -270,13 +292,17 @@ class Checker {
         continue;
       }
       try {
-        const end = Math.min(ENTRIES_PER_BITMAP, root.nrBlocks - i * ENTRIES_PER_BITMAP);
+        const data = block.data;
+        const first = i * ENTRIES_PER_BITMAP;
+        const end = Math.min(ENTRIES_PER_BITMAP, root.nrBlocks - first);
+        // Most of a sparse pool: no block counted, none referenced.
+        if (isZero(data.subarray(BITMAP_HEADER_SIZE, BITMAP_HEADER_SIZE + Math.ceil(end / 4))) && expected.noneIn(first, end)) continue;
         for (let k = 0; k < end; k++) {
-          const b = i * ENTRIES_PER_BITMAP + k;
-          const entry = getEntry(block.data, k);
+          const b = first + k;
+          const entry = getEntry(data, k);
           const actual = entry < BITMAP_OVERFLOW ? entry : overflow.get(b) ?? 0;
           if (entry === BITMAP_OVERFLOW && !overflow.has(b)) this.report.errors.push(`${kind} block ${b} has bitmap count 3 but no ref-count tree entry`);
-          const want = expected(b);
+          const want = expected.get(b);
           if (actual === want) continue;
           const msg = `${kind} reference counts differ for block ${b}, expected ${want}, but got ${actual}`;
           (actual > want ? this.report.warnings : this.report.errors).push(msg);
@@ -286,6 +312,45 @@ class Checker {
         this.tm.unlock(block);
       }
     }
+  }
+}
+
+const ZEROS = Buffer.alloc(ENTRIES_PER_BITMAP * Uint32Array.BYTES_PER_ELEMENT);
+
+/** Whether every byte is 0 (a memcmp; `bytes` is at most a bitmap's worth of 32-bit counts). */
+function isZero(bytes: Buffer): boolean {
+  return bytes.equals(ZEROS.subarray(0, bytes.length));
+}
+
+/**
+ * Reference counts found by the walk, one element per block: the metadata
+ * walk's Uint32Array, a byte per data block (a pool's worth stays small).
+ * A count that reaches the element's maximum goes on in `high`: a data block
+ * referenced from 255 leaves (many snapshots) is rare.
+ */
+class RefCounts {
+  private readonly max: number;
+  private readonly high = new Map<number, number>();
+
+  constructor(private readonly low: Uint8Array | Uint32Array) {
+    this.max = 2 ** (8 * low.BYTES_PER_ELEMENT) - 1;
+  }
+
+  inc(b: number): void {
+    const n = this.low[b]!;
+    if (n < this.max) this.low[b] = n + 1;
+    else this.high.set(b, (this.high.get(b) ?? n) + 1);
+  }
+
+  get(b: number): number {
+    const n = this.low[b]!;
+    return n < this.max ? n : (this.high.get(b) ?? n);
+  }
+
+  /** Whether no block of [b, b + n) is referenced. */
+  noneIn(b: number, n: number): boolean {
+    const size = this.low.BYTES_PER_ELEMENT;
+    return isZero(Buffer.from(this.low.buffer, this.low.byteOffset + b * size, n * size));
   }
 }
 

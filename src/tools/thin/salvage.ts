@@ -122,8 +122,8 @@ class Salvage {
     await this.walk(this.deviceSeen, sb.deviceDetailsRoot, {
       name: 'device details tree',
       valueSize: DEVICE_DETAILS_SIZE,
-      onValue: (id, v) => {
-        details.set(id, decodeDeviceDetails(v));
+      onValue: (id, leaf, at) => {
+        details.set(id, decodeDeviceDetails(leaf.subarray(at)));
       },
     });
     await this.e.beginSuperblock(withOverrides(sb.attrs, this.opts.overrides ?? {}));
@@ -131,7 +131,7 @@ class Salvage {
     await this.walk(this.topSeen, sb.dataMappingRoot, {
       name: 'mapping tree',
       valueSize: 8,
-      onValue: async (id, v, leaf) => {
+      onValue: async (id, data, at, leaf) => {
         if (leaf === droppedLeaf || !selected(this.opts, id)) return;
         const d = details.get(id);
         if (!d) {
@@ -139,7 +139,7 @@ class Salvage {
           return;
         }
         await this.e.beginDevice(deviceAttrs(id, d));
-        if (!this.opts.skipMappings) await this.mappings(id, readU64(v, 0));
+        if (!this.opts.skipMappings) await this.mappings(id, readU64(data.subarray(at, at + 8), 0)); // EOVERFLOW names the byte within the value
         await this.e.endDevice();
       },
     });
@@ -151,8 +151,8 @@ class Salvage {
     await this.walk(this.deviceSeen, root, {
       name: `mapping tree of device ${id}`,
       valueSize: 8,
-      onValue: async (vblock, v) => {
-        const bt = decodeBlockTime(v);
+      onValue: async (vblock, leaf, at) => {
+        const bt = decodeBlockTime(leaf, at);
         await runs.add(vblock, bt.block, bt.time);
       },
     });
