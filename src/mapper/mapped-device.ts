@@ -395,15 +395,15 @@ export class MappedDevice implements BlockDevice {
   }
 
   /**
-   * Destroys both tables (DEV_REMOVE): suspends first unless the user did,
-   * so no request is left in flight. Without waiting for an internal resume
+   * Destroys both tables (DEV_REMOVE): suspends first unless the user or an
+   * internal suspend did, so no request is left in flight. Without waiting for an internal resume
    * (Linux's __dm_destroy): a thin device can be removed while its pool is
    * suspended; its pool's resume then finds it gone.
    */
   async destroy(): Promise<void> {
     const hadLive = this.liveTable !== undefined;
     await this.underSuspendLock(async () => {
-      if (!hadLive || this.suspended) return;
+      if (!hadLive || this.suspended || this.internalSuspends > 0) return;
       await this.suspendTargets({ noflush: false });
       this.suspended = true;
     });

@@ -267,9 +267,11 @@ test('internal suspends nest and hold I/O without showing in info; the user\'s s
   assert.equal(registry.info('x').suspended, false);
   await assert.rejects(md.internalResume(), { code: 'EINVAL', message: 'x: internal resume without an internal suspend' });
 
-  // Removal does not wait for an internal resume.
+  // Removal does not wait for an internal resume, nor suspends the targets a second time (__dm_destroy).
   await md.internalSuspend();
+  hookLog.length = 0;
   await registry.remove('x');
+  assert.deepEqual(hookLog.filter((h) => h.includes('suspend')), []);
   await md.internalResume();
   assert.equal(registry.has('x'), false);
 });
