@@ -233,6 +233,22 @@ describe('thin-pool status and messages', () => {
     }
   });
 
+  it('a status whose commit fails the pool prints Error, as Linux, and Fail after', async () => {
+    const meta = new SimulatedDisk({ name: 'meta', sectors: 8192, scheduler: new Scheduler({ seed: 1 }) });
+    const s = await new ThinStack({ meta }).createPool();
+    try {
+      const v = await s.volume('v', 1, 4 * MiB);
+      await v.write(0, pattern(1, 8));
+      meta.addFault({ op: 'write', action: 'fail', sticky: true }); // NEEDS_CHECK cannot be written either
+      await s.registry.prepareStatus('pool');
+      assert.equal(s.status(), 'Error');
+      await s.registry.prepareStatus('pool');
+      assert.equal(s.status(), 'Fail');
+    } finally {
+      await s.close();
+    }
+  });
+
   it('answers each message as Linux does', async () => {
     const s = await new ThinStack().createPool();
     try {

@@ -130,6 +130,9 @@ function ownerOf(ctx: TargetContext): PoolOwner {
 // ---- I/O mapping: the pool device is the data device ---------------------------------
 
 export class PoolTarget implements Target {
+  /** The status commit just failed the pool: Linux's getters then fail and that one status prints `Error`. */
+  private failedByStatusCommit = false;
+
   constructor(
     private readonly ctx: TargetContext,
     readonly pool: Pool,
@@ -177,13 +180,15 @@ export class PoolTarget implements Target {
    * Commits so the figures are current unless the pool is suspended (spec
    * §9.3, pool_status); the commit path is Pool.commit unchanged (R1–R3). A
    * failed commit is reported by the status as Linux then prints it: `ro`
-   * and needs_check after an abort, `Fail` once the pool failed (Linux's
-   * getters print `Error` for that one status, then `Fail`).
+   * and needs_check after an abort; `Error` when it failed the pool (the
+   * mode was read before the commit, the getters then fail), `Fail` after.
    */
   async prepareStatus(): Promise<void> {
     const pool = this.pool;
-    if (pool.suspended || pool.mode === 'fail') return;
+    const failed = () => pool.mode === 'fail';
+    if (pool.suspended || failed()) return;
     await pool.commit().catch(() => undefined);
+    this.failedByStatusCommit = failed();
   }
 
   status(type: StatusType): string {
@@ -192,6 +197,10 @@ export class PoolTarget implements Target {
       return `${this.meta.id} ${this.data.id} ${this.pool.blockSectors} ${this.lowWater} ${words.length} ${words.map((w) => `${w} `).join('')}`;
     }
     const pool = this.pool;
+    if (this.failedByStatusCommit) {
+      this.failedByStatusCommit = false;
+      return 'Error';
+    }
     if (pool.mode === 'fail') return 'Fail';
     try {
       const md = pool.metadata;
