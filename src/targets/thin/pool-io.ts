@@ -13,6 +13,7 @@
  */
 import { type BlockDevice, type Extent, SECTOR_SIZE, type WriteOptions, type WriteZeroesOptions } from '../../block/device.ts';
 import { IoError } from '../../block/errors.ts';
+import { chunksLength, joinChunks, writeChunks } from '../../block/vectored.ts';
 import type { DeviceRef } from '../../mapper/target.ts';
 import { isNotSupported } from '../common/io.ts';
 import { highestMapped, mappingsIn, nextMapping } from './mappings.ts';
@@ -73,13 +74,17 @@ export class ThinIo {
     }
   }
 
-  /** One request never crosses a data block (maxIoSectors = block size). */
-  async write(sector: number, data: Buffer, opts: WriteOptions): Promise<void> {
+  /**
+   * One request never crosses a data block (maxIoSectors = block size). The
+   * data may come as pieces (block/vectored.ts): remapped and whole-block
+   * writes pass them to the data device as they are.
+   */
+  async write(sector: number, data: readonly Buffer[], opts: WriteOptions): Promise<void> {
     const vblock = Math.floor(sector / this.dbs);
     const release = await this.enter(vblock, vblock + 1);
     try {
       const m = await this.lookup(vblock);
-      if (m && !m.shared) await this.data.write(m.block * this.dbs + (sector % this.dbs), data, { tag: 'data' });
+      if (m && !m.shared) await writeChunks(this.data, m.block * this.dbs + (sector % this.dbs), data, { tag: 'data' });
       else await this.provision(vblock, sector % this.dbs, data, m);
     } finally {
       release();
@@ -125,7 +130,7 @@ export class ThinIo {
     const zero = (from: number, to: number): void => {
       for (let s = from; s < to; ) {
         const n = Math.min(to - s, CHUNK_SECTORS, (Math.floor(s / this.dbs) + 1) * this.dbs - s);
-        writes.push(this.write(s, ZEROES.subarray(0, n * SECTOR_SIZE), {}));
+        writes.push(this.write(s, [ZEROES.subarray(0, n * SECTOR_SIZE)], {}));
         s += n;
       }
     };
@@ -210,7 +215,7 @@ export class ThinIo {
    * around it), and only then insert the mapping (R1: the data the mapping
    * points at is complete before the mapping exists).
    */
-  private async provision(vblock: number, offset: number, data: Buffer, old: Lookup | null): Promise<void> {
+  private async provision(vblock: number, offset: number, data: readonly Buffer[], old: Lookup | null): Promise<void> {
     const generation = this.pool.generation;
     const block = await this.pool.allocate(this.thin, this.requeue.signal);
     try {
@@ -236,14 +241,19 @@ export class ThinIo {
     }
   }
 
-  /** Writes the new block in chunks: each one the caller's data where it covers it, else the source's. */
-  private async fill(block: number, vblock: number, offset: number, data: Buffer, old: Lookup | null): Promise<void> {
+  /**
+   * Writes the new block in chunks: each one the caller's data where it
+   * covers it, else the source's. A write of the whole block, or with
+   * nothing to fill around it, goes down in the caller's pieces.
+   */
+  private async fill(block: number, vblock: number, offset: number, pieces: readonly Buffer[], old: Lookup | null): Promise<void> {
     const base = block * this.dbs;
-    const n = data.length / SECTOR_SIZE;
-    const write = (at: number, buf: Buffer) => this.data.write(base + at, buf, { tag: 'data' });
-    if (offset === 0 && n === this.dbs) return write(0, data);
+    const n = chunksLength(pieces) / SECTOR_SIZE;
+    if (offset === 0 && n === this.dbs) return writeChunks(this.data, base, pieces, { tag: 'data' });
     const source = this.sourceOf(vblock, old);
-    if (source === 'stale') return write(offset, data);
+    if (source === 'stale') return writeChunks(this.data, base + offset, pieces, { tag: 'data' });
+    const data = joinChunks(pieces);
+    const write = (at: number, buf: Buffer) => this.data.write(base + at, buf, { tag: 'data' });
     const chunks: Promise<void>[] = [];
     for (let c = 0; c < this.dbs; c += CHUNK_SECTORS) {
       const cEnd = Math.min(this.dbs, c + CHUNK_SECTORS);

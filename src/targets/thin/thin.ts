@@ -92,7 +92,11 @@ export class ThinTarget implements Target {
   }
 
   write(sector: number, data: Buffer, opts: WriteOptions): Promise<void> {
-    return this.io.write(sector, data, opts);
+    return this.io.write(sector, [data], opts);
+  }
+
+  writev(sector: number, chunks: readonly Buffer[], opts: WriteOptions): Promise<void> {
+    return this.io.write(sector, chunks, opts);
   }
 
   flush(): Promise<void> {
