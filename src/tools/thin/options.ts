@@ -51,6 +51,15 @@ export function parseNumber(text: string, what: string): number {
   return n;
 }
 
+/** The -i and -o paths of thin_restore and thin_repair (the last of each), with the tools' texts when one is missing. */
+export function inputOutputPaths(options: ReadonlyMap<string, string[]>): { input: string; output: string } {
+  const input = options.get('input')?.at(-1);
+  const output = options.get('output')?.at(-1);
+  if (input === undefined) throw new IoError('EINVAL', 'No input file provided.');
+  if (output === undefined) throw new IoError('EINVAL', 'No output file provided.');
+  return { input, output };
+}
+
 /** The override options of thin_dump, thin_restore and thin_repair, each taking a value. */
 export const OVERRIDE_OPTIONS = { 'transaction-id': true, 'data-block-size': true, 'nr-data-blocks': true } as const;
 

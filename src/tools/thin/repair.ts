@@ -1,7 +1,7 @@
 import { IoError } from '../../block/errors.ts';
 import { FileDevice } from '../../block/file-device.ts';
 import type { ToolIo } from './io.ts';
-import { OVERRIDE_OPTIONS, parseArgs, parseOverrides } from './options.ts';
+import { OVERRIDE_OPTIONS, inputOutputPaths, parseArgs, parseOverrides } from './options.ts';
 import { MetadataRestorer, buildOrZero, openOutputMetadata } from './restore.ts';
 import { dumpRepaired } from './salvage.ts';
 
@@ -35,10 +35,7 @@ export async function thinRepair(argv: readonly string[], io: ToolIo): Promise<n
       io.stdout.write(USAGE);
       return 0;
     }
-    const inputPath = options.get('input')?.at(-1);
-    const outputPath = options.get('output')?.at(-1);
-    if (inputPath === undefined) throw new IoError('EINVAL', 'No input file provided.');
-    if (outputPath === undefined) throw new IoError('EINVAL', 'No output file provided.');
+    const { input: inputPath, output: outputPath } = inputOutputPaths(options);
     if (positional.length > 0) throw new IoError('EINVAL', `unexpected argument '${positional[0]}' (input and output are -i and -o)`);
     const overrides = parseOverrides(options);
     output = await openOutputMetadata(outputPath);

@@ -6,7 +6,7 @@ import { FileDevice } from '../../block/file-device.ts';
 import { METADATA_BLOCK_SIZE } from '../../pdata/block-manager.ts';
 import { ThinMetadata } from '../../pdata/thin/metadata.ts';
 import type { ToolIo } from './io.ts';
-import { OVERRIDE_OPTIONS, parseArgs, parseNumber, parseOverrides } from './options.ts';
+import { OVERRIDE_OPTIONS, inputOutputPaths, parseArgs, parseNumber, parseOverrides } from './options.ts';
 import {
   type DeviceAttrs, type Run, type SuperblockAttrs, type SuperblockOverrides, type ThinEmitter, type XmlTag, XmlTagReader,
 } from './xml.ts';
@@ -201,10 +201,7 @@ export async function thinRestore(argv: readonly string[], io: ToolIo): Promise<
       io.stdout.write(USAGE);
       return 0;
     }
-    const input = options.get('input')?.at(-1);
-    const output = options.get('output')?.at(-1);
-    if (input === undefined) throw new IoError('EINVAL', 'No input file provided.');
-    if (output === undefined) throw new IoError('EINVAL', 'No output file provided.');
+    const { input, output } = inputOutputPaths(options);
     const over = parseOverrides(options);
     device = await openOutputMetadata(output);
     await stat(input);
