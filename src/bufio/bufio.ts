@@ -329,18 +329,21 @@ export class BufferCache {
    */
   private evictIdleFor(n: number): boolean {
     while (this.cachedBytes + n * this.blockSize > this.maxBytes) {
-      let victim: Entry | undefined;
-      for (const e of this.entries.values()) {
-        if (e.idle) {
-          victim = e;
-          break;
-        }
-      }
-      if (!victim) return false;
-      this.drop(victim);
-      this.stats.evictions++;
+      if (!this.evictIdle()) return false;
     }
     return true;
+  }
+
+  /** Drops the least recently used idle buffer; false when none is idle. */
+  private evictIdle(): boolean {
+    for (const e of this.entries.values()) {
+      if (e.idle) {
+        this.drop(e);
+        this.stats.evictions++;
+        return true;
+      }
+    }
+    return false;
   }
 
   /**
@@ -349,20 +352,13 @@ export class BufferCache {
    * recently used back and evict it (dm-bufio eviction, R5).
    */
   private async makeRoom(): Promise<void> {
-    while (this.cachedBytes + this.blockSize > this.maxBytes) {
-      let victim: Entry | undefined;
+    while (!this.evictIdleFor(1)) {
       let dirtyVictim: Entry | undefined;
       for (const e of this.entries.values()) {
-        if (e.idle) {
-          victim = e;
+        if (e.holds === 0 && e.dirty && e.reading === null) {
+          dirtyVictim = e;
           break;
         }
-        if (!dirtyVictim && e.holds === 0 && e.dirty && e.reading === null) dirtyVictim = e;
-      }
-      if (victim) {
-        this.drop(victim);
-        this.stats.evictions++;
-        continue;
       }
       if (!dirtyVictim) return; // everything is held or in flight: exceed the bound rather than deadlock
       await this.writeEntry(dirtyVictim);
