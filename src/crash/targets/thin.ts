@@ -61,9 +61,8 @@ export function thinCrashTarget(opts: ThinCrashOptions = {}): CrashTarget {
     },
     checkers: [
       async ({ disks }) => {
-        const report = await checkThinMetadata(disks[THIN_META_DISK]!);
-        const problems = [...report.errors, ...report.warnings];
-        return problems.length ? `thin metadata check: ${problems[0]}` : undefined;
+        const problem = await firstProblem(disks[THIN_META_DISK]!);
+        return problem && `thin metadata check: ${problem}`;
       },
       (c) => thinMappings(c.disks[DATA_DISK]!, c.disks[THIN_META_DISK]!, c, { snapshot: opts.snapshot ?? false }),
       ...(opts.checkers ?? []),
@@ -82,15 +81,17 @@ const ORIGIN_CONTENT = namedSectors('origin', VOLUME_SECTORS);
  * cleared only when the check is clean; damage fails the power-on.
  */
 async function clearNeedsCheck(meta: BlockDevice): Promise<void> {
-  if (await ThinMetadata.isBlank(meta)) return;
-  const md = await ThinMetadata.open(meta, { readOnly: true });
-  const flags = md.superblock.flags;
-  await md.close();
+  const { flags } = await checkThinMetadata(meta, { superBlockOnly: true }); // 0 for blank or unreadable metadata: the pool's open decides
   if (!(flags & NEEDS_CHECK_FLAG)) return;
-  const report = await checkThinMetadata(meta);
-  const problems = [...report.errors, ...report.warnings];
-  if (problems.length) throw new IoError('EBADMSG', `thin check before activation: ${problems[0]}`);
+  const problem = await firstProblem(meta);
+  if (problem) throw new IoError('EBADMSG', `thin check before activation: ${problem}`);
   await fixThinMetadata(meta, { leaks: [], clearNeedsCheck: true });
+}
+
+/** The first error or warning of a full thin check (the recovered metadata must have neither), or undefined. */
+async function firstProblem(meta: BlockDevice): Promise<string | undefined> {
+  const report = await checkThinMetadata(meta);
+  return report.errors[0] ?? report.warnings[0];
 }
 
 /**
