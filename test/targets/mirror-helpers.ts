@@ -7,6 +7,7 @@
 import type { BlockDevice, WriteOptions } from '../../src/block/device.ts';
 import { MemoryDevice as MemoryDeviceBase } from '../../src/block/memory-device.ts';
 import { IoError } from '../../src/block/errors.ts';
+import { joinChunks } from '../../src/block/vectored.ts';
 import { silentLogger } from '../../src/mapper/clock.ts';
 import { splitArgs } from '../../src/mapper/args.ts';
 import type { Clock, DeviceRef, Logger } from '../../src/mapper/target.ts';
@@ -181,6 +182,11 @@ export class TraceDevice extends MemoryDeviceBase {
   override write(sector: number, data: Buffer, opts?: WriteOptions): Promise<void> {
     const copy = Buffer.from(data);
     return this.step('write', sector, data.length / 512, () => super.write(sector, copy, opts), opts?.fua);
+  }
+
+  /** Vectored writes too go through the recorded write (MemoryDevice's own writev would bypass it). */
+  override writev(sector: number, chunks: readonly Buffer[], opts?: WriteOptions): Promise<void> {
+    return this.write(sector, joinChunks(chunks), opts);
   }
 
   override flush(): Promise<void> {

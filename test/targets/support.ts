@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import type { WriteOptions, WriteZeroesOptions } from '../../src/block/device.ts';
 import { IoError, type Errno } from '../../src/block/errors.ts';
 import { MemoryDevice, type MemoryDeviceOptions } from '../../src/block/memory-device.ts';
+import { joinChunks } from '../../src/block/vectored.ts';
 import { runOp } from '../../src/daemon/operations.ts';
 import type { DeviceRegistry, StatusLine } from '../../src/mapper/device-registry.ts';
 import type { Target, TargetContext, TargetType } from '../../src/mapper/target.ts';
@@ -62,6 +63,11 @@ export class TestDevice extends MemoryDevice {
   override async write(sector: number, data: Buffer, opts?: WriteOptions): Promise<void> {
     this.record('write', sector, data.length / 512, opts?.fua ? ' fua' : '');
     return super.write(sector, data, opts);
+  }
+
+  /** Vectored writes too go through the recorded write (MemoryDevice's own writev would bypass it). */
+  override writev(sector: number, chunks: readonly Buffer[], opts?: WriteOptions): Promise<void> {
+    return this.write(sector, joinChunks(chunks), opts);
   }
 
   override async flush(): Promise<void> {
