@@ -16,7 +16,7 @@ import { NEEDS_CHECK_FLAG, type ThinSuperblock, decodeSuperblock, superblockVali
 import { TransactionManager } from '../../pdata/transaction-manager.ts';
 import { SALT, bitmapValidator } from '../../pdata/validators.ts';
 import type { ToolIo } from './io.ts';
-import { parseArgs, parseNumber } from './options.ts';
+import { parseNumber, runTool } from './options.ts';
 
 /** Space-map bitmaps read ahead of the comparison, 1 MiB at a time. */
 const BITMAP_PREFETCH = 256;
@@ -406,20 +406,15 @@ function fixRefusal(options: ReadonlyMap<string, string[]>): string | null {
  * leaks are the only problem; it and `--clear-needs-check-flag` then clear
  * NEEDS_CHECK; the check then counts as clean.
  */
-export async function thinCheck(argv: readonly string[], io: ToolIo): Promise<number> {
-  let device: FileDevice | undefined;
-  try {
-    const { options, positional } = parseArgs(argv, {
-      flags: {
-        quiet: false, help: false, 'metadata-snap': false, 'super-block-only': false, 'skip-mappings': false, 'ignore-non-fatal-errors': false,
-        'auto-repair': false, 'clear-needs-check-flag': false, 'override-mapping-root': true,
-      },
-      aliases: { q: 'quiet', h: 'help', m: 'metadata-snap' },
-    });
-    if (options.has('help')) {
-      io.stdout.write(USAGE);
-      return 0;
-    }
+export function thinCheck(argv: readonly string[], io: ToolIo): Promise<number> {
+  const spec = {
+    flags: {
+      quiet: false, 'metadata-snap': false, 'super-block-only': false, 'skip-mappings': false, 'ignore-non-fatal-errors': false,
+      'auto-repair': false, 'clear-needs-check-flag': false, 'override-mapping-root': true,
+    },
+    aliases: { q: 'quiet', m: 'metadata-snap' },
+  };
+  return runTool(argv, io, USAGE, spec, async ({ options, positional, closeAtEnd }) => {
     const refusal = fixRefusal(options);
     if (refusal) throw new IoError('EINVAL', refusal);
     if (positional.length !== 1) {
@@ -432,16 +427,14 @@ export async function thinCheck(argv: readonly string[], io: ToolIo): Promise<nu
     };
     const path = positional[0]!;
     const root = options.get('override-mapping-root')?.at(-1);
-    device = await FileDevice.open(path, { readOnly: true });
-    const report = await checkThinMetadata(device, {
+    const reader = await FileDevice.open(path, { readOnly: true });
+    const report = await checkThinMetadata(reader, {
       superBlockOnly: options.has('super-block-only'),
       skipMappings: options.has('skip-mappings'),
       metadataSnap: options.has('metadata-snap'),
       ...(root !== undefined && { overrideMappingRoot: parseNumber(root, 'override-mapping-root') }),
       progress: say,
-    });
-    await device.close();
-    device = undefined;
+    }).finally(() => reader.close()); // closed before a fix opens the file for writing
     for (const e of report.errors) say(e);
     for (const w of report.warnings) say(w);
     if (report.errors.length > 0) return 1;
@@ -450,16 +443,11 @@ export async function thinCheck(argv: readonly string[], io: ToolIo): Promise<nu
     const clean = report.warnings.length === 0 || fixLeaks;
     const clearNeedsCheck = clean && (options.has('auto-repair') || options.has('clear-needs-check-flag')) && (report.flags & NEEDS_CHECK_FLAG) !== 0;
     if (fixLeaks || clearNeedsCheck) {
-      device = await FileDevice.open(path);
-      await fixThinMetadata(device, { leaks: fixLeaks ? report.leaks : [], clearNeedsCheck });
+      const writer = closeAtEnd(await FileDevice.open(path));
+      await fixThinMetadata(writer, { leaks: fixLeaks ? report.leaks : [], clearNeedsCheck });
       if (fixLeaks) say('fixed metadata leaks');
       if (clearNeedsCheck) say('cleared needs_check flag');
     }
     return clean || options.has('ignore-non-fatal-errors') ? 0 : 1;
-  } catch (err) {
-    io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  } finally {
-    await device?.close();
-  }
+  });
 }

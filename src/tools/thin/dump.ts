@@ -7,7 +7,7 @@ import { type DeviceDetails, decodeDeviceDetails } from '../../pdata/thin/device
 import { ThinMetadata } from '../../pdata/thin/metadata.ts';
 import { type ThinSuperblock, decodeSuperblock, superblockValidator } from '../../pdata/thin/superblock.ts';
 import type { TextSink, ToolIo } from './io.ts';
-import { OVERRIDE_OPTIONS, parseArgs, parseNumber, parseOverrides } from './options.ts';
+import { OVERRIDE_OPTIONS, parseNumber, parseOverrides, runTool } from './options.ts';
 import { type DeviceAttrs, RunMerger, type SuperblockAttrs, type SuperblockOverrides, type ThinEmitter, XmlEmitter, withOverrides } from './xml.ts';
 
 export interface DumpOptions {
@@ -96,21 +96,12 @@ Options:
  * the overrides replace superblock fields in the output, and stand in for
  * them when the superblock is unreadable.
  */
-export async function thinDump(argv: readonly string[], io: ToolIo): Promise<number> {
-  let device: FileDevice | undefined;
-  let metadata: ThinMetadata | undefined;
-  let output: { sink: TextSink; close(): Promise<void> } | undefined;
-  try {
-    const { options, positional } = parseArgs(argv, {
-      flags: {
-        help: false, format: true, repair: false, 'metadata-snap': false, output: true, 'dev-id': true, 'skip-mappings': false, ...OVERRIDE_OPTIONS,
-      },
-      aliases: { h: 'help', f: 'format', r: 'repair', m: 'metadata-snap', o: 'output' },
-    });
-    if (options.has('help')) {
-      io.stdout.write(USAGE);
-      return 0;
-    }
+export function thinDump(argv: readonly string[], io: ToolIo): Promise<number> {
+  const spec = {
+    flags: { format: true, repair: false, 'metadata-snap': false, output: true, 'dev-id': true, 'skip-mappings': false, ...OVERRIDE_OPTIONS },
+    aliases: { f: 'format', r: 'repair', m: 'metadata-snap', o: 'output' },
+  };
+  return runTool(argv, io, USAGE, spec, async ({ options, positional, closeAtEnd }) => {
     const format = options.get('format')?.at(-1) ?? 'xml';
     if (format !== 'xml') throw new IoError('EINVAL', `unknown format '${format}' (dmkit writes xml only)`);
     if (positional.length !== 1) {
@@ -125,9 +116,9 @@ export async function thinDump(argv: readonly string[], io: ToolIo): Promise<num
     };
     // thin_dump 0.9.0 silently dumps the live trees for `-r -m`; refused here rather than surprise.
     if (opts.metadataSnap && options.has('repair')) throw new IoError('EINVAL', '--repair works on the live metadata, not with --metadata-snap');
-    device = await FileDevice.open(positional[0]!, { readOnly: true });
-    if (!options.has('repair')) metadata = await ThinMetadata.open(device, { readOnly: true });
-    output = await openOutput(options.get('output')?.at(-1), io.stdout);
+    const device = closeAtEnd(await FileDevice.open(positional[0]!, { readOnly: true }));
+    const metadata = options.has('repair') ? undefined : closeAtEnd(await ThinMetadata.open(device, { readOnly: true }));
+    const output = closeAtEnd(await openOutput(options.get('output')?.at(-1), io.stdout));
     if (metadata) {
       await dumpThinXml(metadata, output.sink, opts);
     } else {
@@ -135,14 +126,7 @@ export async function thinDump(argv: readonly string[], io: ToolIo): Promise<num
       await dumpRepaired(device, new XmlEmitter(output.sink), opts);
     }
     return 0;
-  } catch (err) {
-    io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  } finally {
-    await output?.close();
-    await metadata?.close();
-    await device?.close();
-  }
+  });
 }
 
 async function openOutput(path: string | undefined, stdout: TextSink): Promise<{ sink: TextSink; close(): Promise<void> }> {

@@ -1,4 +1,5 @@
 import { IoError } from '../../block/errors.ts';
+import type { ToolIo } from './io.ts';
 import type { SuperblockOverrides } from './xml.ts';
 
 /** A getopt_long-style option table: name → takes a value. Short aliases map to long names. */
@@ -41,6 +42,51 @@ export function parseArgs(argv: readonly string[], spec: OptionSpec): ParsedArgs
     options.set(name, list);
   }
   return { options, positional };
+}
+
+/** What a tool's body gets: its arguments, and `closeAtEnd` for what it opens. */
+export interface ToolRun extends ParsedArgs {
+  /** Closes `resource` when the tool ends, however it ends, newest first. */
+  closeAtEnd<T extends { close(): Promise<void> }>(resource: T): T;
+}
+
+/**
+ * The frame every thin tool shares: argv parsed against `spec` plus
+ * -h/--help (which prints `usage`), then `body`. An error, of the body or of
+ * closing what it opened, is one line on stderr and exit status 1, as the
+ * tools report them.
+ */
+export async function runTool(
+  argv: readonly string[],
+  io: ToolIo,
+  usage: string,
+  spec: OptionSpec,
+  body: (run: ToolRun) => Promise<number>,
+): Promise<number> {
+  const opened: { close(): Promise<void> }[] = [];
+  const fail = (err: unknown): number => {
+    io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  };
+  let status: number;
+  try {
+    const parsed = parseArgs(argv, { flags: { help: false, ...spec.flags }, aliases: { h: 'help', ...spec.aliases } });
+    if (parsed.options.has('help')) {
+      io.stdout.write(usage);
+      return 0;
+    }
+    status = await body({
+      ...parsed,
+      closeAtEnd: (resource) => {
+        opened.push(resource);
+        return resource;
+      },
+    });
+  } catch (err) {
+    status = fail(err);
+  }
+  for (const resource of opened.reverse()) await resource.close().catch((err: unknown) => (status = fail(err)));
+  return status;
 }
 
 /** A decimal number argument, as the tools' boost::lexical_cast wants it. */

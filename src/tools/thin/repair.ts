@@ -1,7 +1,7 @@
 import { IoError } from '../../block/errors.ts';
 import { FileDevice } from '../../block/file-device.ts';
 import type { ToolIo } from './io.ts';
-import { OVERRIDE_OPTIONS, inputOutputPaths, parseArgs, parseOverrides } from './options.ts';
+import { OVERRIDE_OPTIONS, inputOutputPaths, parseOverrides, runTool } from './options.ts';
 import { MetadataRestorer, buildOrZero, openOutputMetadata } from './restore.ts';
 import { dumpRepaired } from './salvage.ts';
 
@@ -23,39 +23,22 @@ Options:
  * kept, NEEDS_CHECK included, as 0.9.0 keeps them: `thin check
  * --clear-needs-check-flag NEW` clears it once NEW checks clean.
  */
-export async function thinRepair(argv: readonly string[], io: ToolIo): Promise<number> {
-  let input: FileDevice | undefined;
-  let output: FileDevice | undefined;
-  try {
-    const { options, positional } = parseArgs(argv, {
-      flags: { help: false, input: true, output: true, ...OVERRIDE_OPTIONS },
-      aliases: { h: 'help', i: 'input', o: 'output' },
-    });
-    if (options.has('help')) {
-      io.stdout.write(USAGE);
-      return 0;
-    }
+export function thinRepair(argv: readonly string[], io: ToolIo): Promise<number> {
+  const spec = { flags: { input: true, output: true, ...OVERRIDE_OPTIONS }, aliases: { i: 'input', o: 'output' } };
+  return runTool(argv, io, USAGE, spec, async ({ options, positional, closeAtEnd }) => {
     const { input: inputPath, output: outputPath } = inputOutputPaths(options);
     if (positional.length > 0) throw new IoError('EINVAL', `unexpected argument '${positional[0]}' (input and output are -i and -o)`);
     const overrides = parseOverrides(options);
-    output = await openOutputMetadata(outputPath);
-    input = await FileDevice.open(inputPath, { readOnly: true });
-    const from = input;
-    const to = output;
-    const restorer = new MetadataRestorer(to);
-    await buildOrZero(to, async () => {
+    const output = closeAtEnd(await openOutputMetadata(outputPath));
+    const input = closeAtEnd(await FileDevice.open(inputPath, { readOnly: true }));
+    const restorer = new MetadataRestorer(output);
+    await buildOrZero(output, async () => {
       try {
-        await dumpRepaired(from, restorer, { overrides });
+        await dumpRepaired(input, restorer, { overrides });
       } finally {
         await restorer.close();
       }
     });
     return 0;
-  } catch (err) {
-    io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  } finally {
-    await input?.close();
-    await output?.close();
-  }
+  });
 }

@@ -6,7 +6,7 @@ import { FileDevice } from '../../block/file-device.ts';
 import { METADATA_BLOCK_SIZE } from '../../pdata/block-manager.ts';
 import { ThinMetadata } from '../../pdata/thin/metadata.ts';
 import type { ToolIo } from './io.ts';
-import { OVERRIDE_OPTIONS, inputOutputPaths, parseArgs, parseNumber, parseOverrides } from './options.ts';
+import { OVERRIDE_OPTIONS, inputOutputPaths, parseNumber, parseOverrides, runTool } from './options.ts';
 import {
   type DeviceAttrs, type Run, type SuperblockAttrs, type SuperblockOverrides, type ThinEmitter, type XmlTag, XmlTagReader,
 } from './xml.ts';
@@ -190,28 +190,14 @@ Options:
 `;
 
 /** `dmkit thin restore -i XML -o META`: thin_restore's behaviour and exit status. */
-export async function thinRestore(argv: readonly string[], io: ToolIo): Promise<number> {
-  let device: FileDevice | undefined;
-  try {
-    const { options } = parseArgs(argv, {
-      flags: { help: false, input: true, output: true, quiet: false, ...OVERRIDE_OPTIONS },
-      aliases: { h: 'help', i: 'input', o: 'output', q: 'quiet' },
-    });
-    if (options.has('help')) {
-      io.stdout.write(USAGE);
-      return 0;
-    }
+export function thinRestore(argv: readonly string[], io: ToolIo): Promise<number> {
+  const spec = { flags: { input: true, output: true, quiet: false, ...OVERRIDE_OPTIONS }, aliases: { i: 'input', o: 'output', q: 'quiet' } };
+  return runTool(argv, io, USAGE, spec, async ({ options, closeAtEnd }) => {
     const { input, output } = inputOutputPaths(options);
     const over = parseOverrides(options);
-    device = await openOutputMetadata(output);
+    const device = closeAtEnd(await openOutputMetadata(output));
     await stat(input);
-    const out = device;
-    await buildOrZero(out, () => restoreThinXml(createReadStream(input, { encoding: 'utf8' }), out, over));
+    await buildOrZero(device, () => restoreThinXml(createReadStream(input, { encoding: 'utf8' }), device, over));
     return 0;
-  } catch (err) {
-    io.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  } finally {
-    await device?.close();
-  }
+  });
 }
