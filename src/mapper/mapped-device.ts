@@ -396,9 +396,9 @@ export class MappedDevice implements BlockDevice {
 
   /**
    * Destroys both tables (DEV_REMOVE): suspends first unless the user or an
-   * internal suspend did, so no request is left in flight. Without waiting for an internal resume
-   * (Linux's __dm_destroy): a thin device can be removed while its pool is
-   * suspended; its pool's resume then finds it gone.
+   * internal suspend did, so no request is left in flight. It does not wait
+   * for an internal resume (Linux's __dm_destroy): a thin device can be
+   * removed while its pool is suspended; the pool's resume then finds it gone.
    */
   async destroy(): Promise<void> {
     const hadLive = this.liveTable !== undefined;
